@@ -1,0 +1,277 @@
+"""A batching consumer actor (a Ray Serve deployment, so Serve keeps NUM_CONSUMERS alive).
+
+Per replica: one robust broker connection, a prefetch of ``MAX_BATCH_SIZE x
+(MAX_BATCHES_IN_FLIGHT + 1)`` so the next batch fills while earlier ones are at
+the classifier, a :class:`BatchAccumulator` with a real timer, one classifier
+call per batch, and an ack for each message only after its result was handed
+back (published with confirms to the owner's reply queue, or POSTed to its
+webhook). A consumer that dies with unacked messages gets them redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import httpx
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+from ray import serve
+from ray.serve import metrics
+from ray.serve.handle import DeploymentHandle
+
+from consumer.batching import BatchAccumulator
+from consumer.webhook import deliver
+from rabbit_serve import broker
+from rabbit_serve.messages import (
+    RESULT_CONTENT_TYPE,
+    ClassifyResult,
+    ClassifyTask,
+    ErrorInfo,
+    MalformedMessage,
+    decode_task,
+)
+from rabbit_serve.settings import Settings
+
+logger = logging.getLogger("rabbit_serve.consumer")
+
+RECONNECT_DELAY_S = 1.0
+CLASSIFIER_ATTEMPTS = 3
+CLASSIFIER_RETRY_DELAY_S = 0.5
+BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+@dataclass
+class _Delivery:
+    task: ClassifyTask
+    message: AbstractIncomingMessage
+    received_at: float  # wall clock, comparable with task.sent_at
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.25},
+    max_ongoing_requests=8,
+    health_check_period_s=5,
+)
+class BatchingConsumer:
+    async def __init__(self, settings: Settings, classifier: DeploymentHandle) -> None:
+        self._settings = settings
+        self._classifier = classifier
+        self._loop = asyncio.get_running_loop()
+        self._batcher: BatchAccumulator[_Delivery] = BatchAccumulator(
+            settings.max_batch_size, settings.batch_timeout
+        )
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel
+        self._http = httpx.AsyncClient()
+        self._counts: Counter[str] = Counter()
+        self._batch_sizes: Counter[int] = Counter()
+        self._metric_batch_size = metrics.Histogram(
+            "rabbit_serve_batch_size",
+            description="Images per classifier call.",
+            boundaries=BATCH_SIZE_BUCKETS,
+        )
+        self._metric_messages = metrics.Counter(
+            "rabbit_serve_consumer_messages",
+            description="Messages taken from the request queue, by outcome.",
+            tag_keys=("outcome",),
+        )
+        self._metric_queue_ms = metrics.Histogram(
+            "rabbit_serve_queue_wait_ms",
+            description="Milliseconds from publish to consumer receipt.",
+            boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000],
+        )
+        self._runner = asyncio.create_task(self._run())
+
+    # -- Serve hooks -------------------------------------------------------------------------
+
+    def check_health(self) -> None:
+        """Serve restarts this replica if its consume loop died."""
+        if self._runner.done() and not self._runner.cancelled():
+            exc = self._runner.exception()
+            if exc is not None:
+                raise RuntimeError(f"consumer loop died: {exc!r}")
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "counts": dict(self._counts),
+            "batch_sizes": dict(self._batch_sizes),
+            "waiting": len(self._batcher),
+            "batches_in_flight": len(self._in_flight),
+            "connected": self._connection is not None and not self._connection.is_closed,
+        }
+
+    async def __del__(self) -> None:
+        self._runner.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=self._settings.timeout)
+        # Unacked messages (still batching) return to the queue when the connection closes.
+        if self._connection is not None:
+            await self._connection.close()
+        await self._http.aclose()
+
+    # -- consuming ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self._connection = await broker.connect(self._settings)
+                break
+            except Exception as exc:
+                logger.warning("broker unreachable (%s); retrying", exc)
+                await asyncio.sleep(RECONNECT_DELAY_S)
+        channel = await self._connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=self._settings.prefetch_count)
+        queue = await broker.declare_request_queue(channel, self._settings)
+        self._channel = channel
+        # The robust connection re-opens the channel and this consumer after a drop.
+        await queue.consume(self._on_message)
+        logger.info(
+            "consuming %s (batch %d, timeout %.3fs, prefetch %d)",
+            self._settings.request_queue,
+            self._settings.max_batch_size,
+            self._settings.batch_timeout,
+            self._settings.prefetch_count,
+        )
+
+    def _count(self, outcome: str, n: int = 1) -> None:
+        self._counts[outcome] += n
+        self._metric_messages.inc(n, tags={"outcome": outcome})
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            task = decode_task(message.body, message.headers, message.message_id, message.reply_to)
+        except MalformedMessage as exc:
+            # It can never succeed: requeueing would only poison the queue.
+            logger.warning("rejecting malformed message %s: %s", message.message_id, exc)
+            self._count("malformed")
+            await message.reject(requeue=False)
+            return
+        now = time.time()
+        if task.remaining(now) <= 0:
+            # Its client has already had a 504; the work would be wasted.
+            self._count("expired")
+            await message.ack()
+            return
+        self._metric_queue_ms.observe(max(now - task.sent_at, 0) * 1000)
+        opened, batch = self._batcher.add(_Delivery(task, message, now), self._loop.time())
+        if batch is not None:
+            self._cancel_timer()
+            self._dispatch(batch)
+        elif opened is not None:
+            self._cancel_timer()
+            self._timer = self._loop.call_at(opened.deadline, self._on_timer, opened.generation)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self, generation: int) -> None:
+        self._timer = None
+        batch = self._batcher.on_timer(generation)
+        if batch is not None:
+            self._dispatch(batch)
+
+    def _dispatch(self, batch: list[_Delivery]) -> None:
+        task = asyncio.create_task(self._process(batch))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    # -- processing --------------------------------------------------------------------------
+
+    async def _classify(self, batch: list[_Delivery]) -> list[list[Any] | ErrorInfo]:
+        images = [d.task.image for d in batch]
+        top_ks = [d.task.top_k for d in batch]
+        for attempt in range(1, CLASSIFIER_ATTEMPTS + 1):
+            try:
+                return await self._classifier.classify.remote(images, top_ks)
+            except Exception as exc:
+                if attempt == CLASSIFIER_ATTEMPTS:
+                    raise
+                logger.warning("classifier call failed (%r); retry %d", exc, attempt)
+                await asyncio.sleep(CLASSIFIER_RETRY_DELAY_S * attempt)
+        raise AssertionError("unreachable")
+
+    async def _process(self, batch: list[_Delivery]) -> None:
+        dispatched = time.time()
+        self._batch_sizes[len(batch)] += 1
+        self._metric_batch_size.observe(len(batch))
+        try:
+            outcomes = await self._classify(batch)
+        except Exception:
+            logger.exception("classifier failed on a batch of %d; requeueing it", len(batch))
+            self._count("requeued", len(batch))
+            for delivery in batch:
+                with contextlib.suppress(Exception):
+                    await delivery.message.nack(requeue=True)
+            return
+        inference_ms = (time.time() - dispatched) * 1000
+        await asyncio.gather(
+            *(
+                self._hand_back(delivery, outcome, len(batch), dispatched, inference_ms)
+                for delivery, outcome in zip(batch, outcomes, strict=True)
+            )
+        )
+
+    async def _hand_back(
+        self,
+        delivery: _Delivery,
+        outcome: list[Any] | ErrorInfo,
+        batch_size: int,
+        dispatched: float,
+        inference_ms: float,
+    ) -> None:
+        task = delivery.task
+        result = ClassifyResult(
+            id=task.id,
+            request_id=task.request_id,
+            index=task.index,
+            predictions=None if isinstance(outcome, ErrorInfo) else outcome,
+            error=outcome if isinstance(outcome, ErrorInfo) else None,
+            batch_size=batch_size,
+            timings_ms={
+                "queue": (delivery.received_at - task.sent_at) * 1000,
+                "batch_wait": (dispatched - delivery.received_at) * 1000,
+                "inference": inference_ms,
+            },
+        )
+        try:
+            if task.callback_url:
+                delivered = await deliver(
+                    self._http,
+                    task.callback_url,
+                    result.to_json(),
+                    attempts=self._settings.webhook_max_attempts,
+                    timeout=self._settings.webhook_timeout,
+                )
+                self._count("webhook_delivered" if delivered else "webhook_failed")
+            else:
+                await self._channel.default_exchange.publish(
+                    aio_pika.Message(
+                        result.to_json(),
+                        correlation_id=task.id,
+                        content_type=RESULT_CONTENT_TYPE,
+                    ),
+                    routing_key=task.reply_to or "",
+                )
+                self._count("answered")
+            await delivery.message.ack()
+        except Exception:
+            # The connection dropped between result and ack: the broker redelivers the
+            # message to a live consumer, so nothing is lost.
+            logger.exception("could not hand back %s; it will be redelivered", task.id)
+            self._count("handback_failed")

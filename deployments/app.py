@@ -1,0 +1,34 @@
+"""The application: ingress -> RabbitMQ -> consumer pool -> classifier, wired for Serve.
+
+``serve run serve_config.yaml`` and ``serve deploy serve_config.yaml`` call
+:func:`build_app` with the config's ``args``; those override the environment,
+and the resulting settings object is handed to every deployment, so all
+replicas on all nodes share one configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray.serve import Application
+
+from consumer.worker import BatchingConsumer
+from deployments.classifier import Classifier
+from ingress.app import Ingress
+from rabbit_serve.settings import Settings
+
+logger = logging.getLogger("rabbit_serve")
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """Serve application builder; ``args`` use the setting names, e.g. ``MAX_BATCH_SIZE``."""
+    settings = Settings.from_overrides(args)
+    classifier = Classifier.bind(settings)
+    consumers = None
+    if settings.num_consumers > 0:
+        consumers = BatchingConsumer.options(num_replicas=settings.num_consumers).bind(
+            settings, classifier
+        )
+    logger.info("building rabbit-serve with %s", settings)
+    return Ingress.bind(settings, classifier, consumers)

@@ -1,0 +1,47 @@
+"""The classifier as a Ray Serve deployment: one ONNX Runtime session per replica.
+
+It can sit on CPU or GPU nodes: give it ``num_gpus`` in the Serve config (and
+install ``rabbit-serve[gpu]``) and it runs on CUDAExecutionProvider, saying so
+in its log and in ``GET /v1/model``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import ray
+from ray import serve
+
+from deployments.onnx_model import OnnxClassifier, Outcome
+from rabbit_serve.settings import Settings
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.5},
+    # Each request is a whole batch; a consumer keeps MAX_BATCHES_IN_FLIGHT of them here.
+    max_ongoing_requests=16,
+    health_check_period_s=10,
+)
+class Classifier:
+    def __init__(self, settings: Settings) -> None:
+        self._model = OnnxClassifier(
+            settings.model_path,
+            name=settings.model_name,
+            want_gpu=bool(ray.get_gpu_ids()),
+            intra_op_threads=settings.ort_intra_op_threads,
+            allow_spinning=settings.ort_allow_spinning,
+            max_pixels=settings.max_image_pixels,
+        )
+
+    async def classify(self, images: list[bytes], top_ks: list[int]) -> list[Outcome]:
+        # ONNX Runtime and PIL release the GIL: off the event loop, batches overlap.
+        return await asyncio.to_thread(self._model.classify, images, top_ks)
+
+    def info(self) -> dict[str, Any]:
+        return self._model.info()
+
+    def __del__(self) -> None:
+        model = getattr(self, "_model", None)
+        if model is not None:
+            model.close()

@@ -1,0 +1,140 @@
+"""An ONNX Runtime image classifier: encoded images in, ranked predictions out.
+
+No Ray here, so it is tested directly; :mod:`deployments.classifier` wraps it in
+a Serve deployment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from rabbit_serve.errors import ClientError
+from rabbit_serve.labels import imagenet_labels
+from rabbit_serve.messages import ErrorInfo, Prediction
+from rabbit_serve.postprocessing import softmax, top_k
+from rabbit_serve.preprocessing import CROP_SIZE, preprocess
+
+logger = logging.getLogger("rabbit_serve.classifier")
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+Outcome = list[Prediction] | ErrorInfo
+
+
+def choose_providers(want_gpu: bool, available: list[str]) -> list[str]:
+    """CUDA first when a GPU was granted and the CUDA build is installed, else CPU."""
+    if want_gpu:
+        if CUDA in available:
+            return [CUDA, CPU]
+        logger.warning(
+            "a GPU was requested but ONNX Runtime has no %s (install rabbit-serve[gpu]); "
+            "running on the CPU",
+            CUDA,
+        )
+    return [CPU]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class OnnxClassifier:
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        name: str = "model",
+        want_gpu: bool = False,
+        intra_op_threads: int = 0,
+        allow_spinning: bool = False,
+        max_pixels: int = 40_000_000,
+        preprocess_threads: int | None = None,
+    ) -> None:
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise FileNotFoundError(f"MODEL_PATH {model_path} does not exist")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        # Spin-waiting burns cores that the ingress and consumers share with us.
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
+        )
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.providers_available = ort.get_available_providers()
+        self.session = ort.InferenceSession(
+            str(model_path),
+            sess_options=options,
+            providers=choose_providers(want_gpu, self.providers_available),
+        )
+        self.provider = self.session.get_providers()[0]
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        self.input_shape = list(model_input.shape)
+        if len(self.input_shape) != 4 or self.input_shape[1:] != [3, CROP_SIZE, CROP_SIZE]:
+            raise ValueError(
+                f"{model_path} takes input {self.input_shape}; expected [N, 3, 224, 224]"
+            )
+        self.num_classes = int(self.session.get_outputs()[0].shape[-1])
+        self.labels = imagenet_labels()
+        self.name = name
+        self.model_path = model_path
+        self.sha256 = file_sha256(model_path)
+        self.max_pixels = max_pixels
+        # PIL releases the GIL while decoding and resizing, so threads help.
+        self._pool = ThreadPoolExecutor(
+            max_workers=preprocess_threads or min(4, os.cpu_count() or 1),
+            thread_name_prefix="preprocess",
+        )
+        logger.info("loaded %s (%s) on %s", name, model_path, self.provider)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.model_path),
+            "sha256": self.sha256,
+            "provider": self.provider,
+            "providers_available": self.providers_available,
+            "input_name": self.input_name,
+            "input_shape": self.input_shape,
+            "num_classes": self.num_classes,
+        }
+
+    def _preprocess_one(self, data: bytes) -> np.ndarray | ErrorInfo:
+        try:
+            return preprocess(data, self.max_pixels)
+        except ClientError as exc:
+            return ErrorInfo(exc.status, exc.message)
+        except Exception as exc:  # a decoder bug must fail one image, not the batch
+            return ErrorInfo(422, f"image could not be decoded: {exc}")
+
+    def run(self, tensor: np.ndarray) -> np.ndarray:
+        """Raw logits for an [N, 3, 224, 224] float32 batch."""
+        return self.session.run(None, {self.input_name: tensor})[0]
+
+    def classify(self, images: list[bytes], top_ks: list[int]) -> list[Outcome]:
+        """One outcome per image: its predictions, or why it could not be classified."""
+        prepared = list(self._pool.map(self._preprocess_one, images))
+        good = [i for i, p in enumerate(prepared) if isinstance(p, np.ndarray)]
+        outcomes: list[Outcome] = [p if isinstance(p, ErrorInfo) else [] for p in prepared]
+        if good:
+            batch = np.stack([prepared[i] for i in good])
+            probabilities = softmax(self.run(batch))
+            for row, i in enumerate(good):
+                outcomes[i] = top_k(probabilities[row], top_ks[i], self.labels)
+        return outcomes
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)

@@ -1,0 +1,157 @@
+"""Turn an HTTP body into validated image bytes, or a 4xx with a message that says why.
+
+Pure functions: no I/O, so every rule is unit-tested without a broker. Only
+images that pass here are ever published, so bad input never reaches the queue.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import orjson
+from pydantic import ValidationError
+
+from ingress.schemas import ClassifyRequest
+from rabbit_serve.errors import ClientError
+from rabbit_serve.preprocessing import inspect_image
+from rabbit_serve.settings import Settings
+
+_DATA_URI = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    images: list[bytes]
+    top_k: int
+    callback_url: str | None
+    multi: bool
+
+
+def decode_base64_image(value: str, max_bytes: int, what: str = "image") -> bytes:
+    """Strict base64 (standard or URL-safe alphabet), size-checked before decoding."""
+    value = _DATA_URI.sub("", value.strip(), count=1)
+    value = _WHITESPACE.sub("", value)
+    if not value:
+        raise ClientError(422, f"{what} is empty")
+    # Reject oversized input from its length alone, before allocating the decoded copy.
+    if len(value) * 3 // 4 > max_bytes + 2:
+        raise ClientError(413, f"{what} is larger than the limit of {max_bytes} bytes")
+    if "-" in value or "_" in value:
+        value = value.replace("-", "+").replace("_", "/")
+    value += "=" * (-len(value) % 4)
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ClientError(400, f"{what} is not valid base64") from None
+    if not data:
+        raise ClientError(422, f"{what} is empty")
+    if len(data) > max_bytes:
+        raise ClientError(413, f"{what} is larger than the limit of {max_bytes} bytes")
+    return data
+
+
+def resolve_top_k(value: int | str | None, settings: Settings) -> int:
+    if value is None or value == "":
+        return settings.default_top_k
+    if isinstance(value, bool):
+        raise ClientError(422, "top_k must be an integer")
+    try:
+        top_k = int(value)
+    except (TypeError, ValueError):
+        raise ClientError(422, f"top_k must be an integer, got {value!r}") from None
+    if not 1 <= top_k <= settings.max_top_k:
+        raise ClientError(422, f"top_k must be between 1 and {settings.max_top_k}, got {top_k}")
+    return top_k
+
+
+def validate_callback_url(url: str | None) -> str | None:
+    if url is None or url == "":
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ClientError(422, f"callback_url must be an absolute http(s) URL, got {url!r}")
+    if len(url) > 2048:
+        raise ClientError(422, "callback_url is longer than 2048 characters")
+    return url
+
+
+def validate_image(data: bytes, settings: Settings, what: str = "image") -> bytes:
+    if len(data) > settings.max_image_bytes:
+        raise ClientError(
+            413, f"{what} is larger than the limit of {settings.max_image_bytes} bytes"
+        )
+    try:
+        inspect_image(data, settings.max_image_pixels)
+    except ClientError as exc:
+        raise ClientError(exc.status, f"{what}: {exc.message}") from None
+    return data
+
+
+def _check_count(count: int, settings: Settings) -> None:
+    if count == 0:
+        raise ClientError(422, "no image given: send 'image' or a non-empty 'images'")
+    if count > settings.max_images_per_request:
+        raise ClientError(
+            413,
+            f"{count} images in one request; the limit is {settings.max_images_per_request}",
+        )
+
+
+def _pydantic_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ())) or "body"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def parse_json(body: bytes, settings: Settings) -> ParsedRequest:
+    """A JSON body: ``{"image": b64}`` or ``{"images": [b64, ...]}``, plus options."""
+    if not body:
+        raise ClientError(400, "request body is empty; send JSON with an 'image' field")
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ClientError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ClientError(422, "request body must be a JSON object")
+    try:
+        request = ClassifyRequest.model_validate(raw)
+    except ValidationError as exc:
+        raise ClientError(422, _pydantic_message(exc)) from None
+    if (request.image is None) == (request.images is None):
+        raise ClientError(422, "send exactly one of 'image' or 'images'")
+    encoded = [request.image] if request.image is not None else list(request.images or [])
+    _check_count(len(encoded), settings)
+    top_k = resolve_top_k(request.top_k, settings)
+    callback_url = validate_callback_url(request.callback_url)
+    images = []
+    for i, value in enumerate(encoded):
+        what = "image" if request.image is not None else f"images[{i}]"
+        data = decode_base64_image(value, settings.max_image_bytes, what)
+        images.append(validate_image(data, settings, what))
+    return ParsedRequest(images, top_k, callback_url, multi=request.images is not None)
+
+
+def parse_upload(
+    files: list[tuple[str, bytes]],
+    top_k: str | None,
+    callback_url: str | None,
+    settings: Settings,
+) -> ParsedRequest:
+    """A multipart upload: one or more ``file`` parts holding raw image files."""
+    _check_count(len(files), settings)
+    images = [
+        validate_image(data, settings, name or f"file[{i}]") for i, (name, data) in enumerate(files)
+    ]
+    return ParsedRequest(
+        images,
+        resolve_top_k(top_k, settings),
+        validate_callback_url(callback_url),
+        multi=len(images) > 1,
+    )

@@ -1,0 +1,129 @@
+"""The one settings object, read from the environment by every process.
+
+Every Ray process (ingress replicas, consumer actors, classifier replicas) builds
+its own :class:`Settings`, but the application builder also passes the driver's
+object to each deployment, so a cluster whose nodes have different environments
+still runs with one configuration.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_PATH = REPO_ROOT / "models" / "efficientnet_lite0.onnx"
+
+
+class Settings(BaseSettings):
+    """Configuration shared by all processes. Field ``foo_bar`` reads env ``FOO_BAR``."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", frozen=True, protected_namespaces=()
+    )
+
+    # Broker.
+    amqp_url: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672/%2F",
+        description="RabbitMQ URL; amqps:// for TLS.",
+    )
+    request_queue: str = Field(
+        "rabbit-serve.requests", description="Durable queue the ingress publishes to."
+    )
+    reply_queue_prefix: str = Field(
+        "rabbit-serve.replies",
+        description="Prefix of each ingress replica's own reply queue.",
+    )
+    broker_connect_timeout: float = Field(
+        5.0, gt=0, description="Seconds to wait for a broker connection before giving up."
+    )
+    publish_timeout: float = Field(
+        5.0, gt=0, description="Seconds to wait for a publisher confirm before answering 503."
+    )
+
+    # Batching.
+    max_batch_size: int = Field(
+        16, ge=1, le=1024, description="A batch is dispatched as soon as it holds this many images."
+    )
+    batch_timeout: float = Field(
+        0.01,
+        ge=0,
+        description="Seconds after a batch's first image at which it is dispatched, full or not.",
+    )
+    max_batches_in_flight: int = Field(
+        2, ge=1, le=64, description="Batches a consumer keeps at the classifier at once."
+    )
+    num_consumers: int = Field(
+        1,
+        ge=0,
+        description="Consumer actors; 0 deploys none (consumers run in another application).",
+    )
+
+    # Requests.
+    timeout: float = Field(
+        10.0, gt=0, description="Seconds a request may wait for its answer before a 504."
+    )
+    default_top_k: int = Field(5, ge=1, description="Predictions returned when top_k is omitted.")
+    max_top_k: int = Field(100, ge=1, description="Largest top_k a client may ask for.")
+    max_image_bytes: int = Field(
+        10 * 1024 * 1024, gt=0, description="Largest encoded image accepted, in bytes."
+    )
+    max_image_pixels: int = Field(
+        40_000_000, gt=0, description="Largest width x height accepted (decompression bombs)."
+    )
+    max_images_per_request: int = Field(32, ge=1, description="Images one request may carry.")
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024, gt=0, description="Largest HTTP request body accepted, in bytes."
+    )
+
+    # Model.
+    model_path: Path = Field(
+        DEFAULT_MODEL_PATH, description="ONNX ImageNet-1k classifier, input [N,3,224,224]."
+    )
+    model_name: str = Field("efficientnet-lite0", description="Name reported to clients.")
+    ort_intra_op_threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads; 0 lets ONNX Runtime decide."
+    )
+    ort_allow_spinning: bool = Field(
+        False,
+        description="Let ONNX Runtime threads spin-wait; costs CPU when cores are shared.",
+    )
+
+    # Webhooks.
+    webhook_timeout: float = Field(5.0, gt=0, description="Seconds per webhook POST attempt.")
+    webhook_max_attempts: int = Field(
+        3, ge=1, le=20, description="Attempts per webhook before the result is dropped."
+    )
+
+    @field_validator("reply_queue_prefix", "request_queue")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.default_top_k > self.max_top_k:
+            raise ValueError("DEFAULT_TOP_K must not exceed MAX_TOP_K")
+        return self
+
+    @property
+    def prefetch_count(self) -> int:
+        """Unacked messages a consumer may hold: the batches in flight plus one filling."""
+        return self.max_batch_size * (self.max_batches_in_flight + 1)
+
+    @classmethod
+    def from_overrides(cls, overrides: dict[str, Any] | None = None) -> Settings:
+        """Environment first, then ``overrides`` (e.g. Serve app args), keys in any case."""
+        return cls(**{key.lower(): value for key, value in (overrides or {}).items()})
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings from the environment."""
+    return Settings()
