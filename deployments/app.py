@@ -8,7 +8,6 @@ replicas on all nodes share one configuration.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from ray.serve import Application
@@ -18,17 +17,21 @@ from deployments.classifier import Classifier
 from ingress.app import Ingress
 from rabbit_serve.settings import Settings
 
-logger = logging.getLogger("rabbit_serve")
-
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     """Serve application builder; ``args`` use the setting names, e.g. ``MAX_BATCH_SIZE``."""
-    settings = Settings.from_overrides(args)
+    return wire(Settings.from_overrides(args))
+
+
+def wire(settings: Settings, *, ingress_replicas: int = 1) -> Application:
+    """The deployment graph for ``settings``; for ``serve.run`` from Python.
+
+    Replica counts and resources set in a Serve config file take precedence.
+    """
     classifier = Classifier.bind(settings)
     consumers = None
     if settings.num_consumers > 0:
         consumers = BatchingConsumer.options(num_replicas=settings.num_consumers).bind(
             settings, classifier
         )
-    logger.info("building rabbit-serve with %s", settings)
-    return Ingress.bind(settings, classifier, consumers)
+    return Ingress.options(num_replicas=ingress_replicas).bind(settings, classifier, consumers)

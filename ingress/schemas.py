@@ -12,7 +12,9 @@ class ClassifyRequest(BaseModel):
 
     image: str | None = Field(None, description="Base64 image (a data: URI prefix is accepted).")
     images: list[str] | None = Field(None, description="Several base64 images in one request.")
-    top_k: int | None = Field(None, description="How many predictions per image (default 5).")
+    top_k: int | None = Field(
+        None, strict=True, description="How many predictions per image (default 5)."
+    )
     callback_url: str | None = Field(
         None, description="If set: answer 202 at once and POST each result to this URL."
     )

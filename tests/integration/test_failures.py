@@ -1,0 +1,102 @@
+"""Bad input, no consumers, no broker: every case gets a clear, prompt answer."""
+
+import base64
+import time
+
+import pytest
+
+from tests.images import ESPRESSO, bomb_png, sample
+
+pytestmark = pytest.mark.integration
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+BAD_JSON = [
+    ({"image": "!!!"}, 400, "not valid base64"),
+    ({"image": ""}, 422, "empty"),
+    ({"image": b64(b"GIF89a but not really")}, 422, "image"),
+    ({"image": b64(b"plain text")}, 422, "not an image"),
+    ({"image": b64(bomb_png())}, 413, "pixels"),
+    ({"image": 42}, 422, "valid string"),
+    ({"images": "not a list"}, 422, "images"),
+    ({"image": b64(sample("coffee.jpg")), "top_k": 10**9}, 422, "top_k"),
+    ({"image": b64(sample("coffee.jpg")), "top_k": -1}, 422, "top_k"),
+    ({"image": b64(sample("coffee.jpg")), "top_k": "5"}, 422, "top_k"),
+    ({}, 422, "exactly one of"),
+]
+
+
+@pytest.mark.parametrize("payload,status,fragment", BAD_JSON)
+async def test_bad_json_gets_a_4xx_with_a_message(main_url, client, payload, status, fragment):
+    response = await client.post(f"{main_url}/v1/classify", json=payload)
+    assert response.status_code == status, response.text
+    assert fragment in response.json()["detail"]
+
+
+async def test_truncated_jpeg_is_422_from_the_decoder(main_url, client):
+    response = await client.post(
+        f"{main_url}/v1/classify", json={"image": b64(sample("chelsea.jpg")[:8000])}
+    )
+    assert response.status_code == 422
+    assert "decoded" in response.json()["detail"]
+
+
+async def test_malformed_bodies_and_content_types(main_url, client):
+    url = f"{main_url}/v1/classify"
+    not_json = await client.post(
+        url, content=b"{oops", headers={"content-type": "application/json"}
+    )
+    assert not_json.status_code == 400 and "JSON" in not_json.json()["detail"]
+    text = await client.post(url, content=b"hello", headers={"content-type": "text/plain"})
+    assert text.status_code == 415
+    no_file = await client.post(url, files={"other": ("x.jpg", b"1")})
+    assert no_file.status_code == 422
+
+
+async def test_body_over_the_size_limit_is_413(main_url, client):
+    limit = 16 * 1024 * 1024
+    response = await client.post(
+        f"{main_url}/v1/classify",
+        content=b'{"image": "' + b"A" * (limit + 10) + b'"}',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 413
+
+
+async def test_service_answers_normally_after_bad_input(main_url, client):
+    for payload, _, _ in BAD_JSON:
+        await client.post(f"{main_url}/v1/classify", json=payload)
+    response = await client.post(
+        f"{main_url}/v1/classify", json={"image": b64(sample("coffee.jpg"))}
+    )
+    assert response.status_code == 200
+    assert response.json()["predictions"][0]["class_id"] == ESPRESSO
+
+
+async def test_no_consumers_means_504_after_timeout(orphan_app, client):
+    started = time.monotonic()
+    response = await client.post(
+        f"{orphan_app.url}/v1/classify", json={"image": b64(sample("coffee.jpg"))}
+    )
+    elapsed = time.monotonic() - started
+    assert response.status_code == 504
+    assert "TIMEOUT=2s" in response.json()["detail"]
+    assert 1.8 <= elapsed <= 4.0, elapsed
+    stats = (await client.get(f"{orphan_app.url}/v1/stats")).json()
+    assert stats["pending"] == 0  # the waiter was removed, not leaked
+
+
+async def test_unreachable_broker_means_fast_503(nobroker_app, client):
+    started = time.monotonic()
+    response = await client.post(
+        f"{nobroker_app.url}/v1/classify", json={"image": b64(sample("coffee.jpg"))}
+    )
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert "broker" in response.json()["detail"]
+    assert time.monotonic() - started < 1.0
+    health = await client.get(f"{nobroker_app.url}/healthz")
+    assert health.status_code == 503 and health.json()["broker"] is False

@@ -1,0 +1,140 @@
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rabbit_serve.messages import (
+    H_DEADLINE,
+    H_TOP_K,
+    ClassifyResult,
+    ClassifyTask,
+    ErrorInfo,
+    MalformedMessage,
+    decode_task,
+    encode_task,
+)
+
+
+def make_task(**overrides):
+    now = time.time()
+    fields = dict(
+        id="req-0",
+        request_id="req",
+        index=0,
+        image=b"\xff\xd8jpeg bytes",
+        top_k=5,
+        sent_at=now,
+        deadline=now + 10,
+        reply_to="rabbit-serve.replies.app.abc",
+        callback_url=None,
+    )
+    fields.update(overrides)
+    return ClassifyTask(**fields)
+
+
+def roundtrip(task):
+    msg = encode_task(task)
+    return decode_task(msg.body, msg.headers, msg.message_id, msg.reply_to)
+
+
+def test_body_is_the_raw_image_not_base64():
+    task = make_task()
+    assert encode_task(task).body == task.image
+
+
+def test_roundtrip_keeps_every_field_and_millisecond_times():
+    task = make_task(callback_url="https://example.org/hook", reply_to=None)
+    back = roundtrip(task)
+    assert back.id == task.id and back.request_id == task.request_id
+    assert back.image == task.image and back.top_k == task.top_k
+    assert back.callback_url == task.callback_url and back.reply_to is None
+    assert back.sent_at == pytest.approx(task.sent_at, abs=0.001)
+    assert back.deadline == pytest.approx(task.deadline, abs=0.001)
+
+
+def test_expiration_is_the_time_left_until_the_deadline():
+    task = make_task()
+    assert encode_task(task).expiration == pytest.approx(10.0)
+
+
+def test_headers_carry_integers_for_times():
+    # Floats in AMQP tables may be narrowed to 32 bits; epoch ms as int are exact.
+    msg = encode_task(make_task())
+    assert isinstance(msg.headers[H_DEADLINE], int)
+
+
+@pytest.mark.parametrize(
+    "mutate,reason",
+    [
+        (lambda h: h.pop(H_TOP_K), "missing header"),
+        (lambda h: h.update({H_TOP_K: "five"}), "should be int"),
+        (lambda h: h.update({H_TOP_K: 0}), "top_k must be positive"),
+        (lambda h: h.update({H_DEADLINE: True}), "should be int"),
+    ],
+)
+def test_bad_headers_are_malformed(mutate, reason):
+    msg = encode_task(make_task())
+    headers = dict(msg.headers)
+    mutate(headers)
+    with pytest.raises(MalformedMessage, match=reason):
+        decode_task(msg.body, headers, msg.message_id, msg.reply_to)
+
+
+def test_message_without_a_way_back_is_malformed():
+    msg = encode_task(make_task(reply_to=None))
+    with pytest.raises(MalformedMessage, match="neither reply_to"):
+        decode_task(msg.body, msg.headers, msg.message_id, None)
+
+
+def test_empty_body_and_missing_id_are_malformed():
+    msg = encode_task(make_task())
+    with pytest.raises(MalformedMessage):
+        decode_task(b"", msg.headers, msg.message_id, msg.reply_to)
+    with pytest.raises(MalformedMessage):
+        decode_task(msg.body, msg.headers, None, msg.reply_to)
+
+
+@given(
+    body=st.binary(max_size=64),
+    headers=st.dictionaries(
+        st.text(max_size=20),
+        st.one_of(
+            st.integers(),
+            st.text(max_size=10),
+            st.floats(),
+            st.binary(max_size=8),
+            st.booleans(),
+            st.none(),
+        ),
+        max_size=8,
+    ),
+    message_id=st.one_of(st.none(), st.text(max_size=10)),
+    reply_to=st.one_of(st.none(), st.text(max_size=10)),
+)
+def test_decoder_only_ever_raises_malformed(body, headers, message_id, reply_to):
+    try:
+        decode_task(body, headers, message_id, reply_to)
+    except MalformedMessage:
+        pass
+
+
+def test_result_json_roundtrip_success_and_error():
+    ok = ClassifyResult(
+        id="a",
+        request_id="r",
+        index=1,
+        predictions=[{"class_id": 967, "label": "espresso", "score": 0.9}],
+        batch_size=4,
+        timings_ms={"inference": 3.5},
+    )
+    assert ClassifyResult.from_json(ok.to_json()) == ok
+    bad = ClassifyResult(id="b", request_id="r", index=2, error=ErrorInfo(422, "truncated"))
+    back = ClassifyResult.from_json(bad.to_json())
+    assert back.error == ErrorInfo(422, "truncated") and back.predictions is None
+
+
+@pytest.mark.parametrize("data", [b"", b"{", b"[]", b'{"id": 1}', b'{"error": 5}'])
+def test_undecodable_results_are_malformed(data):
+    with pytest.raises(MalformedMessage):
+        ClassifyResult.from_json(data)

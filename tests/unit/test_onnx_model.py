@@ -1,0 +1,60 @@
+"""The real committed model through ONNX Runtime, without Ray."""
+
+import pytest
+
+from deployments.onnx_model import CPU, CUDA, OnnxClassifier, choose_providers
+from rabbit_serve.messages import ErrorInfo
+from rabbit_serve.settings import DEFAULT_MODEL_PATH
+from tests.images import CAT_CLASSES, ESPRESSO, sample
+
+
+@pytest.fixture(scope="module")
+def model():
+    classifier = OnnxClassifier(DEFAULT_MODEL_PATH, name="efficientnet-lite0")
+    yield classifier
+    classifier.close()
+
+
+def test_known_photos_get_their_classes(model):
+    cat, coffee = model.classify([sample("chelsea.jpg"), sample("coffee.jpg")], [5, 3])
+    assert isinstance(cat, list) and isinstance(coffee, list)
+    assert cat[0]["class_id"] in CAT_CLASSES
+    assert coffee[0]["class_id"] == ESPRESSO and coffee[0]["label"] == "espresso"
+    assert len(cat) == 5 and len(coffee) == 3
+    assert [p["score"] for p in cat] == sorted((p["score"] for p in cat), reverse=True)
+
+
+def test_batched_and_single_runs_agree(model):
+    images = [sample("chelsea.jpg"), sample("coffee.jpg"), sample("chelsea.png")]
+    batched = model.classify(images, [3, 3, 3])
+    for image, expected in zip(images, batched, strict=True):
+        (single,) = model.classify([image], [3])
+        assert [p["class_id"] for p in single] == [p["class_id"] for p in expected]
+        assert single[0]["score"] == pytest.approx(expected[0]["score"], abs=1e-4)
+
+
+def test_a_bad_image_fails_alone_not_the_batch(model):
+    truncated = sample("chelsea.jpg")[:4000]
+    good, bad, junk = model.classify([sample("coffee.jpg"), truncated, b"junk"], [1, 1, 1])
+    assert isinstance(good, list) and good[0]["class_id"] == ESPRESSO
+    assert isinstance(bad, ErrorInfo) and bad.status == 422
+    assert isinstance(junk, ErrorInfo) and junk.status == 422
+
+
+def test_info_reports_provider_and_hash(model):
+    info = model.info()
+    assert info["provider"] == CPU
+    assert len(info["sha256"]) == 64 and info["num_classes"] == 1000
+    assert info["input_shape"][1:] == [3, 224, 224]
+
+
+def test_provider_choice():
+    assert choose_providers(False, [CUDA, CPU]) == [CPU]
+    assert choose_providers(True, [CUDA, CPU]) == [CUDA, CPU]
+    # Asked for a GPU without the CUDA build: run on the CPU (and log why).
+    assert choose_providers(True, [CPU]) == [CPU]
+
+
+def test_missing_model_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="MODEL_PATH"):
+        OnnxClassifier(tmp_path / "nope.onnx")
