@@ -1,13 +1,19 @@
-"""The batching rule, with no I/O, so it tests without a broker or a clock.
+"""The batching rule, with no I/O and no clock of its own, so it tests without a broker.
 
 A batch goes out when it holds ``max_size`` items, or ``timeout`` seconds after
-*its own* first item arrived, whichever comes first. Every batch gets a
-generation number; a timer armed for one batch carries that number, so a timer
-that fires after its batch already left by size (a stale timer) does nothing.
+*its own* first item arrived, whichever comes first -- provided fewer than
+``max_in_flight`` batches are still at the classifier. While every slot is busy,
+items keep collecting, so batches grow under load instead of queueing up small.
+
+The caller feeds events (:meth:`add`, :meth:`on_timer`, :meth:`on_done`) with the
+current time, dispatches the batches each event returns, and keeps one timer
+armed for :attr:`Step.wake_at`. A timer that fires for a batch which already
+left (a stale timer) finds nothing due and does nothing.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -15,67 +21,70 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Opened:
-    """Returned by :meth:`BatchAccumulator.add` when an item starts a new batch:
-    the caller arms a timer for ``deadline`` carrying ``generation``."""
+class Step(Generic[T]):
+    """What the caller must do after an event."""
 
-    generation: int
-    deadline: float
+    batches: list[list[T]]
+    # When the oldest waiting item's batch falls due, if a timer is needed for it.
+    wake_at: float | None
 
 
 @dataclass
-class BatchAccumulator(Generic[T]):
+class Batcher(Generic[T]):
     max_size: int
     timeout: float
-    _items: list[T] = field(default_factory=list)
-    _generation: int = 0
-    _deadline: float | None = None
+    max_in_flight: int = 1
+    _waiting: deque[tuple[T, float]] = field(default_factory=deque)
+    _in_flight: int = 0
 
     def __post_init__(self) -> None:
         if self.max_size < 1:
             raise ValueError("max_size must be >= 1")
         if self.timeout < 0:
             raise ValueError("timeout must be >= 0")
-
-    def __len__(self) -> int:
-        return len(self._items)
+        if self.max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
 
     @property
-    def deadline(self) -> float | None:
-        """When the open batch is due, or ``None`` if nothing is waiting."""
-        return self._deadline
+    def waiting(self) -> int:
+        return len(self._waiting)
 
-    def add(self, item: T, now: float) -> tuple[Opened | None, list[T] | None]:
-        """Add one item at time ``now``.
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
 
-        Returns ``(opened, batch)``: ``opened`` is set when this item started a
-        batch that is still waiting (arm its timer); ``batch`` is set when the
-        item filled the batch, which the caller dispatches at once.
-        """
-        opened = None
-        if not self._items:
-            self._deadline = now + self.timeout
-            opened = Opened(self._generation, self._deadline)
-        self._items.append(item)
-        if len(self._items) >= self.max_size:
-            return None, self._take()
-        return opened, None
+    def add(self, item: T, now: float) -> Step[T]:
+        """An item arrived at ``now``."""
+        self._waiting.append((item, now))
+        return self._pump(now)
 
-    def on_timer(self, generation: int) -> list[T] | None:
-        """Called by the timer armed for ``generation``; returns that batch.
+    def on_timer(self, now: float) -> Step[T]:
+        """The armed timer fired (perhaps late, early or stale: the rule re-checks)."""
+        return self._pump(now)
 
-        A stale timer (its batch already left by size) returns ``None``.
-        """
-        if generation != self._generation or not self._items:
-            return None
-        return self._take()
+    def on_done(self, now: float) -> Step[T]:
+        """A dispatched batch finished, freeing its slot."""
+        if self._in_flight <= 0:
+            raise RuntimeError("on_done without a batch in flight")
+        self._in_flight -= 1
+        return self._pump(now)
 
     def drain(self) -> list[T]:
-        """Whatever is waiting, e.g. at shutdown (may be empty)."""
-        return self._take() if self._items else []
+        """Everything still waiting, e.g. at shutdown."""
+        items = [item for item, _ in self._waiting]
+        self._waiting.clear()
+        return items
 
-    def _take(self) -> list[T]:
-        batch, self._items = self._items, []
-        self._deadline = None
-        self._generation += 1
-        return batch
+    def _pump(self, now: float) -> Step[T]:
+        batches: list[list[T]] = []
+        while self._waiting and self._in_flight < self.max_in_flight:
+            due_at = self._waiting[0][1] + self.timeout
+            if len(self._waiting) < self.max_size and now < due_at:
+                break
+            count = min(self.max_size, len(self._waiting))
+            batches.append([self._waiting.popleft()[0] for _ in range(count)])
+            self._in_flight += 1
+        wake_at = None
+        if self._waiting and self._in_flight < self.max_in_flight:
+            wake_at = self._waiting[0][1] + self.timeout
+        return Step(batches, wake_at)

@@ -2,7 +2,7 @@
 
 Per replica: one robust broker connection, a prefetch of ``MAX_BATCH_SIZE x
 (MAX_BATCHES_IN_FLIGHT + 1)`` so the next batch fills while earlier ones are at
-the classifier, a :class:`BatchAccumulator` with a real timer, one classifier
+the classifier, a :class:`Batcher` driven by a real timer, one classifier
 call per batch, and an ack for each message only after its result was handed
 back (published with confirms to the owner's reply queue, or POSTed to its
 webhook). A consumer that dies with unacked messages gets them redelivered.
@@ -29,7 +29,7 @@ from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
-from consumer.batching import BatchAccumulator
+from consumer.batching import Batcher, Step
 from consumer.webhook import deliver
 from rabbit_serve import broker
 from rabbit_serve.messages import (
@@ -67,11 +67,13 @@ class BatchingConsumer:
         self._settings = settings
         self._classifier = classifier
         self._loop = asyncio.get_running_loop()
-        self._batcher: BatchAccumulator[_Delivery] = BatchAccumulator(
-            settings.max_batch_size, settings.batch_timeout
+        self._batcher: Batcher[_Delivery] = Batcher(
+            settings.max_batch_size, settings.batch_timeout, settings.max_batches_in_flight
         )
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._webhooks: set[asyncio.Task[None]] = set()
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel
         self._http = httpx.AsyncClient()
@@ -107,8 +109,9 @@ class BatchingConsumer:
         return {
             "counts": dict(self._counts),
             "batch_sizes": dict(self._batch_sizes),
-            "waiting": len(self._batcher),
+            "waiting": self._batcher.waiting,
             "batches_in_flight": len(self._in_flight),
+            "webhooks_in_flight": len(self._webhooks),
             "connected": self._connection is not None and not self._connection.is_closed,
         }
 
@@ -116,8 +119,8 @@ class BatchingConsumer:
         self._runner.cancel()
         if self._timer is not None:
             self._timer.cancel()
-        if self._in_flight:
-            await asyncio.wait(self._in_flight, timeout=self._settings.timeout)
+        if self._in_flight or self._webhooks:
+            await asyncio.wait(self._in_flight | self._webhooks, timeout=self._settings.timeout)
         # Unacked messages (still batching) return to the queue when the connection closes.
         if self._connection is not None:
             await self._connection.close()
@@ -167,29 +170,25 @@ class BatchingConsumer:
             await message.ack()
             return
         self._metric_queue_ms.observe(max(now - task.sent_at, 0) * 1000)
-        opened, batch = self._batcher.add(_Delivery(task, message, now), self._loop.time())
-        if batch is not None:
-            self._cancel_timer()
-            self._dispatch(batch)
-        elif opened is not None:
-            self._cancel_timer()
-            self._timer = self._loop.call_at(opened.deadline, self._on_timer, opened.generation)
+        self._apply(self._batcher.add(_Delivery(task, message, now), self._loop.time()))
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+    def _apply(self, step: Step[_Delivery]) -> None:
+        """Dispatch what the batcher released and keep exactly one timer armed."""
+        for batch in step.batches:
+            task = asyncio.create_task(self._process(batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+        if step.wake_at != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
             self._timer = None
+            self._timer_at = step.wake_at
+            if step.wake_at is not None:
+                self._timer = self._loop.call_at(step.wake_at, self._on_timer)
 
-    def _on_timer(self, generation: int) -> None:
-        self._timer = None
-        batch = self._batcher.on_timer(generation)
-        if batch is not None:
-            self._dispatch(batch)
-
-    def _dispatch(self, batch: list[_Delivery]) -> None:
-        task = asyncio.create_task(self._process(batch))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, None
+        self._apply(self._batcher.on_timer(self._loop.time()))
 
     # -- processing --------------------------------------------------------------------------
 
@@ -207,6 +206,13 @@ class BatchingConsumer:
         raise AssertionError("unreachable")
 
     async def _process(self, batch: list[_Delivery]) -> None:
+        try:
+            await self._classify_and_hand_back(batch)
+        finally:
+            # Frees the slot; an overdue batch that waited for it leaves now.
+            self._apply(self._batcher.on_done(self._loop.time()))
+
+    async def _classify_and_hand_back(self, batch: list[_Delivery]) -> None:
         dispatched = time.time()
         self._batch_sizes[len(batch)] += 1
         self._metric_batch_size.observe(len(batch))
@@ -220,12 +226,17 @@ class BatchingConsumer:
                     await delivery.message.nack(requeue=True)
             return
         inference_ms = (time.time() - dispatched) * 1000
-        await asyncio.gather(
-            *(
-                self._hand_back(delivery, outcome, len(batch), dispatched, inference_ms)
-                for delivery, outcome in zip(batch, outcomes, strict=True)
-            )
-        )
+        replies = []
+        for delivery, outcome in zip(batch, outcomes, strict=True):
+            handback = self._hand_back(delivery, outcome, len(batch), dispatched, inference_ms)
+            if delivery.task.callback_url:
+                # A slow webhook must not hold the batch slot: it retries on its own time.
+                webhook = asyncio.create_task(handback)
+                self._webhooks.add(webhook)
+                webhook.add_done_callback(self._webhooks.discard)
+            else:
+                replies.append(handback)
+        await asyncio.gather(*replies)
 
     async def _hand_back(
         self,

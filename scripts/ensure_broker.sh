@@ -47,7 +47,18 @@ fi
 
 if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
   echo "broker: starting RabbitMQ with docker compose"
+  # The compose broker has no guest user: make (once) a local dev password and
+  # leave the matching AMQP_URL in .run/broker.env, which `make run` loads.
+  export RABBITMQ_USER="${RABBITMQ_USER:-rabbit-serve}"
+  if [ -z "${RABBITMQ_PASSWORD:-}" ]; then
+    if [ ! -s .run/rabbitmq-password ]; then
+      (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(24))' >.run/rabbitmq-password)
+    fi
+    RABBITMQ_PASSWORD="$(cat .run/rabbitmq-password)"
+    export RABBITMQ_PASSWORD
+  fi
   docker compose up -d rabbitmq
+  (umask 077 && echo "AMQP_URL=amqp://${RABBITMQ_USER}:${RABBITMQ_PASSWORD}@${host}:${port}/%2F" >.run/broker.env)
   if wait_reachable 90; then
     echo "docker" > .run/broker-started
     echo "broker: started (docker compose) at $host:$port"

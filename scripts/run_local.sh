@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 mkdir -p .run
 
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 # keep Ray on 127.0.0.1, not the external address
+# Everything listens on loopback only. Ray 2.60 turns token auth on whenever
+# ~/.ray/auth_token exists, and its CLI then fails to connect unless every process
+# agrees; pick one mode for all of them (RAY_AUTH_MODE=token on shared hosts).
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
 RAY_PORT="${RAY_PORT:-6380}"                # 6379 is Redis's port on many dev machines
 DASHBOARD_PORT="${DASHBOARD_PORT:-8265}"
 export RAY_ADDRESS="127.0.0.1:${RAY_PORT}"
@@ -13,6 +17,13 @@ RAY=.venv/bin/ray
 SERVE=.venv/bin/serve
 
 scripts/ensure_broker.sh
+# A broker started through docker compose has its own credentials; Ray's processes
+# inherit this environment, so it must be set before `ray start`.
+if [ -z "${AMQP_URL:-}" ] && [ -f .run/broker.env ]; then
+  set -a
+  . .run/broker.env
+  set +a
+fi
 
 if "$RAY" status --address "$RAY_ADDRESS" >/dev/null 2>&1; then
   echo "ray: reusing the cluster at $RAY_ADDRESS"
@@ -35,6 +46,7 @@ trap cleanup INT TERM EXIT
 
 "$SERVE" run serve_config.yaml --address "$RAY_ADDRESS" &
 serve_pid=$!
+echo "$serve_pid" >.run/serve.pid
 
 echo "waiting for the service to become healthy..."
 for _ in $(seq 1 180); do

@@ -3,6 +3,19 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+# `make stop` from another shell: end the foreground `serve run` first, or it keeps
+# retrying (and loading the GCS) after Ray is gone.
+if [ -f .run/serve.pid ]; then
+  pid=$(cat .run/serve.pid)
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "serve: stopping (pid $pid)"
+    kill -INT "$pid" 2>/dev/null || true
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f .run/serve.pid
+fi
+
 if [ -f .run/ray-started ]; then
   echo "ray: stopping"
   .venv/bin/ray stop --force >/dev/null 2>&1 || ray stop --force >/dev/null 2>&1 || true

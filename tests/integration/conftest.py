@@ -21,6 +21,8 @@ import httpx
 import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Loopback-only test cluster; without this Ray writes a token into ~/.ray.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import ray
 from ray import serve

@@ -1,77 +1,106 @@
 import pytest
 
-from consumer.batching import BatchAccumulator
+from consumer.batching import Batcher
 
 
-def test_size_trigger_returns_full_batch_at_once():
-    acc = BatchAccumulator[int](max_size=3, timeout=1.0)
-    assert acc.add(1, now=0.0)[1] is None
-    assert acc.add(2, now=0.1)[1] is None
-    opened, batch = acc.add(3, now=0.2)
-    assert batch == [1, 2, 3]
-    assert opened is None
-    assert len(acc) == 0
-    assert acc.deadline is None
+def test_size_trigger_dispatches_at_once():
+    b = Batcher[int](max_size=3, timeout=1.0, max_in_flight=2)
+    assert b.add(1, now=0.0).batches == []
+    assert b.add(2, now=0.1).batches == []
+    step = b.add(3, now=0.2)
+    assert step.batches == [[1, 2, 3]]
+    assert step.wake_at is None and b.waiting == 0 and b.in_flight == 1
 
 
 def test_timeout_is_measured_from_the_first_item_of_that_batch():
-    acc = BatchAccumulator[str](max_size=10, timeout=0.5)
-    opened, _ = acc.add("a", now=100.0)
-    assert opened is not None and opened.deadline == pytest.approx(100.5)
+    b = Batcher[str](max_size=10, timeout=0.5, max_in_flight=2)
+    assert b.add("a", now=100.0).wake_at == pytest.approx(100.5)
     # Later items do not push the deadline back.
-    assert acc.add("b", now=100.4) == (None, None)
-    assert acc.deadline == pytest.approx(100.5)
-    assert acc.on_timer(opened.generation) == ["a", "b"]
+    assert b.add("b", now=100.4).wake_at == pytest.approx(100.5)
+    assert b.on_timer(now=100.5).batches == [["a", "b"]]
     # The next batch gets its own deadline from its own first item.
-    opened2, _ = acc.add("c", now=200.0)
-    assert opened2 is not None and opened2.deadline == pytest.approx(200.5)
-    assert opened2.generation != opened.generation
+    assert b.add("c", now=200.0).wake_at == pytest.approx(200.5)
 
 
-def test_lone_item_is_released_by_its_timer():
-    acc = BatchAccumulator[str](max_size=32, timeout=0.01)
-    opened, batch = acc.add("only", now=0.0)
-    assert batch is None and opened is not None
-    assert acc.on_timer(opened.generation) == ["only"]
+def test_lone_item_goes_out_when_its_timer_fires():
+    b = Batcher[str](max_size=32, timeout=0.01)
+    step = b.add("only", now=0.0)
+    assert step.batches == [] and step.wake_at == pytest.approx(0.01)
+    assert b.on_timer(now=0.01).batches == [["only"]]
+
+
+def test_early_timer_changes_nothing_and_asks_to_be_rearmed():
+    b = Batcher[str](max_size=4, timeout=1.0)
+    b.add("x", now=0.0)
+    step = b.on_timer(now=0.999)
+    assert step.batches == [] and step.wake_at == pytest.approx(1.0)
 
 
 def test_stale_timer_after_size_dispatch_does_nothing():
-    acc = BatchAccumulator[int](max_size=2, timeout=1.0)
-    opened, _ = acc.add(1, now=0.0)
-    assert opened is not None
-    _, batch = acc.add(2, now=0.1)
-    assert batch == [1, 2]
-    # A new batch starts before the old timer fires.
-    opened_next, _ = acc.add(3, now=0.2)
-    assert opened_next is not None
-    # The first batch's timer must not release the second batch early.
-    assert acc.on_timer(opened.generation) is None
-    assert len(acc) == 1
-    assert acc.on_timer(opened_next.generation) == [3]
+    b = Batcher[int](max_size=2, timeout=1.0, max_in_flight=4)
+    first_wake = b.add(1, now=0.0).wake_at
+    assert b.add(2, now=0.1).batches == [[1, 2]]
+    # A new batch starts before the first batch's timer fires...
+    second_wake = b.add(3, now=0.9).wake_at
+    assert second_wake == pytest.approx(1.9)
+    # ...and that stale timer must not release the new batch early.
+    assert first_wake is not None
+    step = b.on_timer(now=first_wake)
+    assert step.batches == [] and step.wake_at == pytest.approx(1.9)
+    assert b.on_timer(now=1.9).batches == [[3]]
+
+
+def test_no_new_batch_while_every_slot_is_busy_and_batches_grow_meanwhile():
+    b = Batcher[int](max_size=4, timeout=0.01, max_in_flight=1)
+    b.add(0, now=0.0)
+    assert b.on_timer(now=0.01).batches == [[0]]
+    # The only slot is busy: items collect past their timeout, no timer is needed.
+    for i in range(1, 4):
+        step = b.add(i, now=0.02 * i)
+        assert step.batches == [] and step.wake_at is None
+    # When the slot frees, the overdue batch leaves at once, bigger than it would have been.
+    assert b.on_done(now=1.0).batches == [[1, 2, 3]]
+
+
+def test_full_batches_wait_for_a_slot_and_keep_their_order():
+    b = Batcher[int](max_size=2, timeout=5.0, max_in_flight=1)
+    dispatched = []
+    for i in range(6):
+        dispatched += b.add(i, now=0.0).batches
+    assert dispatched == [[0, 1]] and b.waiting == 4
+    assert b.on_done(now=0.1).batches == [[2, 3]]
+    assert b.on_done(now=0.2).batches == [[4, 5]]
+    assert b.on_done(now=0.3).batches == [] and b.in_flight == 0
+
+
+def test_several_batches_in_flight():
+    b = Batcher[int](max_size=2, timeout=5.0, max_in_flight=3)
+    out = []
+    for i in range(8):
+        out += b.add(i, now=0.0).batches
+    assert out == [[0, 1], [2, 3], [4, 5]] and b.in_flight == 3 and b.waiting == 2
 
 
 def test_max_size_one_never_waits():
-    acc = BatchAccumulator[int](max_size=1, timeout=5.0)
+    b = Batcher[int](max_size=1, timeout=5.0, max_in_flight=8)
     for i in range(3):
-        opened, batch = acc.add(i, now=float(i))
-        assert batch == [i] and opened is None
+        assert b.add(i, now=float(i)).batches == [[i]]
 
 
-def test_zero_timeout_is_due_immediately():
-    acc = BatchAccumulator[int](max_size=4, timeout=0.0)
-    opened, _ = acc.add(7, now=3.0)
-    assert opened is not None and opened.deadline == 3.0
+def test_zero_timeout_dispatches_immediately_when_a_slot_is_free():
+    b = Batcher[int](max_size=8, timeout=0.0)
+    assert b.add(7, now=3.0).batches == [[7]]
 
 
-def test_drain_returns_waiting_items_and_invalidates_timer():
-    acc = BatchAccumulator[int](max_size=4, timeout=1.0)
-    opened, _ = acc.add(1, now=0.0)
-    assert acc.drain() == [1]
-    assert acc.drain() == []
-    assert opened is not None and acc.on_timer(opened.generation) is None
+def test_drain_and_on_done_misuse():
+    b = Batcher[int](max_size=4, timeout=1.0)
+    b.add(1, now=0.0)
+    assert b.drain() == [1] and b.drain() == []
+    with pytest.raises(RuntimeError):
+        b.on_done(now=0.0)
 
 
-@pytest.mark.parametrize("max_size,timeout", [(0, 1.0), (1, -0.1)])
-def test_invalid_parameters_are_refused(max_size, timeout):
+@pytest.mark.parametrize("max_size,timeout,in_flight", [(0, 1.0, 1), (1, -0.1, 1), (1, 1.0, 0)])
+def test_invalid_parameters_are_refused(max_size, timeout, in_flight):
     with pytest.raises(ValueError):
-        BatchAccumulator[int](max_size=max_size, timeout=timeout)
+        Batcher[int](max_size=max_size, timeout=timeout, max_in_flight=in_flight)

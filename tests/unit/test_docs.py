@@ -1,0 +1,35 @@
+"""The README's configuration table is the user's reference: it must not drift."""
+
+import re
+from pathlib import Path
+
+from rabbit_serve.settings import Settings
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def documented_settings() -> dict[str, str]:
+    rows = re.findall(r"^\| `([A-Z_]+)` \| `([^`]*)` \|", README, flags=re.MULTILINE)
+    return dict(rows)
+
+
+def test_every_setting_is_in_the_readme_table_with_its_default():
+    documented = documented_settings()
+    for name, field in Settings.model_fields.items():
+        env = name.upper()
+        assert env in documented, f"{env} missing from the README configuration table"
+        if name == "model_path":
+            assert documented[env] == "models/efficientnet_lite0.onnx"
+        else:
+            default = field.default
+            expected = str(default).lower() if isinstance(default, bool) else str(default)
+            assert documented[env] == expected, f"{env}: README says {documented[env]!r}"
+
+
+def test_the_table_documents_nothing_that_does_not_exist():
+    fields = {name.upper() for name in Settings.model_fields}
+    assert set(documented_settings()) <= fields
+
+
+def test_readme_names_the_two_setup_commands():
+    assert "make run" in README and "make test" in README
