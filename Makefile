@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run stop test test-unit test-integration lint format export-model clean
+.PHONY: install run stop test test-unit test-integration test-faults lint format export-model clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ stop:
 ## pytest's exit code 5 ("no tests collected") counts as a failure.
 test: $(STAMP)
 	@scripts/ensure_broker.sh
-	@$(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; \
+	@$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 test-unit: $(STAMP)
@@ -36,6 +36,13 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	@scripts/ensure_broker.sh
 	@$(PY) -m pytest -q tests/integration; rc=$$?; [ $$rc -eq 5 ] && exit 1; exit $$rc
+
+## Real faults under load: killed consumers and classifiers, broker restarts, bad
+## webhooks, overload (also run by .ci/run).
+test-faults: $(STAMP)
+	@scripts/ensure_broker.sh
+	@$(PY) -m pytest -q -p no:cacheprovider tests/faults; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
