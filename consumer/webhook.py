@@ -1,11 +1,21 @@
-"""Posting a result to a client's webhook, with bounded retries and backoff."""
+"""Posting a result to a client's webhook: checked destination, signed, bounded retries."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
+
+from rabbit_serve.webhook_security import (
+    ID_HEADER,
+    SIGNATURE_HEADER,
+    WebhookRefused,
+    resolve,
+    sign,
+)
 
 logger = logging.getLogger("rabbit_serve.consumer")
 
@@ -13,38 +23,76 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 8.0
 
 
+@dataclass(frozen=True)
+class WebhookPolicy:
+    secret: str = ""
+    allowed_hosts: tuple[str, ...] = ()
+    allow_private: bool = False
+    attempts: int = 3
+    timeout: float = 5.0
+
+
 def backoff_delay(attempt: int) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
     return min(BACKOFF_BASE_S * 2 ** (attempt - 1), BACKOFF_MAX_S)
 
 
-async def deliver(
-    client: httpx.AsyncClient, url: str, body: bytes, *, attempts: int, timeout: float
-) -> bool:
-    """POST ``body`` until a 2xx; ``False`` once ``attempts`` are spent.
+def _pinned_request(
+    client: httpx.AsyncClient,
+    url: str,
+    address: str,
+    headers: dict[str, str],
+    body: bytes,
+    timeout: float,
+) -> httpx.Request:
+    """A request to ``address`` that still names the original host (Host header, TLS SNI
+    and certificate check), so the connection goes exactly where the policy looked."""
+    parts = urlsplit(url)
+    target = httpx.URL(url).copy_with(host=address)
+    headers = {**headers, "host": parts.netloc.rsplit("@", 1)[-1]}
+    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+    return client.build_request(
+        "POST", target, content=body, headers=headers, extensions=extensions, timeout=timeout
+    )
 
-    4xx other than 408/429 means the receiver rejected the payload: retrying
-    would not change its mind, so we stop at once.
+
+async def deliver(
+    client: httpx.AsyncClient,
+    url: str,
+    body: bytes,
+    *,
+    policy: WebhookPolicy,
+    task_id: str = "",
+) -> bool:
+    """POST ``body`` until a 2xx; ``False`` once ``policy.attempts`` are spent.
+
+    Not retried: a refused destination, a redirect (never followed: it could
+    point anywhere), and 4xx other than 408/429 (the receiver said no).
     """
-    for attempt in range(1, attempts + 1):
+    headers = {"content-type": "application/json"}
+    if task_id:
+        # Receivers deduplicate on this: a redelivered message may be posted again.
+        headers[ID_HEADER] = task_id
+    for attempt in range(1, policy.attempts + 1):
         try:
-            response = await client.post(
-                url,
-                content=body,
-                headers={"content-type": "application/json"},
-                timeout=timeout,
-                follow_redirects=False,
-            )
+            addresses = await resolve(url, policy.allowed_hosts, policy.allow_private)
+            if policy.secret:
+                headers[SIGNATURE_HEADER] = sign(policy.secret, body)
+            request = _pinned_request(client, url, addresses[0], headers, body, policy.timeout)
+            response = await client.send(request, follow_redirects=False)
+            await response.aclose()
             if response.is_success:
                 return True
-            if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
-                logger.warning("webhook %s rejected the result: HTTP %s", url, response.status_code)
+            status = response.status_code
+            if response.is_redirect or (400 <= status < 500 and status not in (408, 429)):
+                logger.warning("webhook %s refused the result: HTTP %s", url, status)
                 return False
-            logger.info(
-                "webhook %s answered HTTP %s (attempt %d)", url, response.status_code, attempt
-            )
+            logger.info("webhook %s answered HTTP %s (attempt %d)", url, status, attempt)
+        except WebhookRefused as exc:
+            logger.warning("webhook %s refused by policy: %s", url, exc)
+            return False
         except httpx.HTTPError as exc:
-            logger.info("webhook %s failed: %s (attempt %d)", url, exc, attempt)
-        if attempt < attempts:
+            logger.info("webhook %s failed: %r (attempt %d)", url, exc, attempt)
+        if attempt < policy.attempts:
             await asyncio.sleep(backoff_delay(attempt))
     return False

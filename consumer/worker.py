@@ -30,7 +30,7 @@ from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
 from consumer.batching import Batcher, Step
-from consumer.webhook import deliver
+from consumer.webhook import WebhookPolicy, deliver
 from rabbit_serve import broker
 from rabbit_serve.messages import (
     RESULT_CONTENT_TYPE,
@@ -38,6 +38,7 @@ from rabbit_serve.messages import (
     ClassifyTask,
     ErrorInfo,
     MalformedMessage,
+    dead_letter_reason,
     decode_task,
 )
 from rabbit_serve.settings import Settings
@@ -77,6 +78,13 @@ class BatchingConsumer:
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel
         self._http = httpx.AsyncClient()
+        self._webhook_policy = WebhookPolicy(
+            secret=settings.webhook_secret,
+            allowed_hosts=settings.webhook_allowed_hosts,
+            allow_private=settings.webhook_allow_private,
+            attempts=settings.webhook_max_attempts,
+            timeout=settings.webhook_timeout,
+        )
         self._counts: Counter[str] = Counter()
         self._batch_sizes: Counter[int] = Counter()
         self._metric_batch_size = metrics.Histogram(
@@ -139,9 +147,11 @@ class BatchingConsumer:
         channel = await self._connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=self._settings.prefetch_count)
         queue = await broker.declare_request_queue(channel, self._settings)
+        dead = await broker.declare_dead_letter_queue(channel, self._settings)
         self._channel = channel
-        # The robust connection re-opens the channel and this consumer after a drop.
+        # The robust connection re-opens the channel and these consumers after a drop.
         await queue.consume(self._on_message)
+        await dead.consume(self._on_dead_letter)
         logger.info(
             "consuming %s (batch %d, timeout %.3fs, prefetch %d)",
             self._settings.request_queue,
@@ -163,6 +173,8 @@ class BatchingConsumer:
             self._count("malformed")
             await message.reject(requeue=False)
             return
+        if message.redelivered:
+            self._count("redelivered")
         now = time.time()
         if task.remaining(now) <= 0:
             # Its client has already had a 504; the work would be wasted.
@@ -260,14 +272,20 @@ class BatchingConsumer:
                 "inference": inference_ms,
             },
         )
+        await self._finish(delivery.message, task, result)
+
+    async def _finish(
+        self, message: AbstractIncomingMessage, task: ClassifyTask, result: ClassifyResult
+    ) -> None:
+        """Hand the result back, then ack: never the other way round."""
         try:
             if task.callback_url:
                 delivered = await deliver(
                     self._http,
                     task.callback_url,
                     result.to_json(),
-                    attempts=self._settings.webhook_max_attempts,
-                    timeout=self._settings.webhook_timeout,
+                    policy=self._webhook_policy,
+                    task_id=task.id,
                 )
                 self._count("webhook_delivered" if delivered else "webhook_failed")
             else:
@@ -280,9 +298,44 @@ class BatchingConsumer:
                     routing_key=task.reply_to or "",
                 )
                 self._count("answered")
-            await delivery.message.ack()
+            await message.ack()
         except Exception:
             # The connection dropped between result and ack: the broker redelivers the
-            # message to a live consumer, so nothing is lost.
+            # message to a live consumer, so nothing is lost (the ingress ignores a
+            # second result for the same task).
             logger.exception("could not hand back %s; it will be redelivered", task.id)
             self._count("handback_failed")
+
+    # -- dead letters ------------------------------------------------------------------------
+
+    async def _on_dead_letter(self, message: AbstractIncomingMessage) -> None:
+        """Answer the client of a message the broker gave up on, instead of letting it
+        wait for its timeout; expired work is only counted (its client had a 504)."""
+        reason = dead_letter_reason(message.headers)
+        if reason == "expired":
+            self._count("expired_in_queue")
+            await message.ack()
+            return
+        try:
+            task = decode_task(message.body, message.headers, message.message_id, message.reply_to)
+        except MalformedMessage:
+            self._count("dead_malformed")
+            await message.ack()
+            return
+        if task.remaining() <= 0:
+            self._count("expired")
+            await message.ack()
+            return
+        self._count("dead_lettered")
+        logger.warning("task %s dead-lettered (%s); answering with an error", task.id, reason)
+        result = ClassifyResult(
+            id=task.id,
+            request_id=task.request_id,
+            index=task.index,
+            error=ErrorInfo(
+                503,
+                f"the image could not be classified: it failed {self._settings.delivery_limit + 1}"
+                " times; retry later",
+            ),
+        )
+        await self._finish(message, task, result)

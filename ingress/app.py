@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from ingress.auth import key_matches, presented_key
 from ingress.parsing import ParsedRequest, parse_json, parse_upload
 from ingress.pending import PendingResults
 from ingress.producer import Producer
@@ -30,6 +31,7 @@ from ingress.schemas import (
 from rabbit_serve.errors import ClientError, ServiceUnavailable
 from rabbit_serve.messages import ClassifyResult, ClassifyTask, encode_task
 from rabbit_serve.settings import Settings
+from rabbit_serve.webhook_security import WebhookRefused, resolve
 
 logger = logging.getLogger("rabbit_serve.ingress")
 
@@ -46,10 +48,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
         400: "Malformed JSON or base64",
+        401: "API_KEYS is set and the request has no valid key",
         413: "Image, request or pixel count over the limit",
         415: "Unsupported content type",
         422: "Not a decodable image, or invalid fields",
-        503: "Broker unreachable; retry after the Retry-After header",
+        503: "Broker unreachable or request queue full; retry after Retry-After",
         504: "No answer within TIMEOUT seconds",
     }.items()
 }
@@ -97,6 +100,9 @@ def _result_timings(result: ClassifyResult, started: float) -> dict[str, float]:
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.25},
     max_ongoing_requests=512,
+    # Past this many waiting in Serve's own queue, the proxy answers 503 at once
+    # instead of holding more requests in memory.
+    max_queued_requests=1024,
     health_check_period_s=5,
 )
 @serve.ingress(app)
@@ -133,8 +139,12 @@ class Ingress:
     )
     async def classify(self, request: Request) -> Response:
         started = time.perf_counter()
+        if denied := self._deny(request):
+            return denied
         try:
             parsed = await self._parse(request)
+            if parsed.callback_url:
+                await self._check_webhook(parsed.callback_url)
         except ClientError as exc:
             return error_response(exc.status, exc.message)
         request_id = uuid.uuid4().hex
@@ -171,13 +181,17 @@ class Ingress:
         )
 
     @app.get("/v1/model", response_model=ModelInfo, responses={503: {"model": ErrorResponse}})
-    async def model(self) -> Response:
+    async def model(self, request: Request) -> Response:
+        if denied := self._deny(request):
+            return denied
         if not await self._probe_classifier():
             return error_response(503, "classifier is not ready")
         return json_response(200, self._model_info)
 
     @app.get("/v1/stats", summary="This replica's counters")
-    async def stats(self) -> Response:
+    async def stats(self, request: Request) -> Response:
+        if denied := self._deny(request):
+            return denied
         return json_response(
             200,
             {
@@ -191,6 +205,25 @@ class Ingress:
         )
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _deny(self, request: Request) -> Response | None:
+        """401 unless API keys are off or the request carries one of them."""
+        keys = self._settings.api_keys
+        if not keys or key_matches(presented_key(request.headers), keys):
+            return None
+        return error_response(
+            401, "missing or invalid API key", {"WWW-Authenticate": 'Bearer realm="rabbit-serve"'}
+        )
+
+    async def _check_webhook(self, url: str) -> None:
+        """Resolve the webhook host now, so a refused destination is a 422, not a silent
+        drop later (the consumer checks again when it delivers)."""
+        try:
+            await resolve(
+                url, self._settings.webhook_allowed_hosts, self._settings.webhook_allow_private
+            )
+        except WebhookRefused as exc:
+            raise ClientError(422, str(exc)) from None
 
     async def _parse(self, request: Request) -> ParsedRequest:
         limit = self._settings.max_request_bytes

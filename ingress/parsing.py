@@ -10,7 +10,6 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import orjson
 from pydantic import ValidationError
@@ -19,6 +18,7 @@ from ingress.schemas import ClassifyRequest
 from rabbit_serve.errors import ClientError
 from rabbit_serve.preprocessing import inspect_image
 from rabbit_serve.settings import Settings
+from rabbit_serve.webhook_security import WebhookRefused, check_url
 
 _DATA_URI = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
@@ -69,14 +69,16 @@ def resolve_top_k(value: int | str | None, settings: Settings) -> int:
     return top_k
 
 
-def validate_callback_url(url: str | None) -> str | None:
+def validate_callback_url(url: str | None, settings: Settings) -> str | None:
+    """The checks that need no DNS; the ingress resolves the host before publishing."""
     if url is None or url == "":
         return None
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ClientError(422, f"callback_url must be an absolute http(s) URL, got {url!r}")
     if len(url) > 2048:
         raise ClientError(422, "callback_url is longer than 2048 characters")
+    try:
+        check_url(url, settings.webhook_allowed_hosts, settings.webhook_allow_private)
+    except WebhookRefused as exc:
+        raise ClientError(422, str(exc)) from None
     return url
 
 
@@ -129,7 +131,7 @@ def parse_json(body: bytes, settings: Settings) -> ParsedRequest:
     encoded = [request.image] if request.image is not None else list(request.images or [])
     _check_count(len(encoded), settings)
     top_k = resolve_top_k(request.top_k, settings)
-    callback_url = validate_callback_url(request.callback_url)
+    callback_url = validate_callback_url(request.callback_url, settings)
     images = []
     for i, value in enumerate(encoded):
         what = "image" if request.image is not None else f"images[{i}]"
@@ -152,6 +154,6 @@ def parse_upload(
     return ParsedRequest(
         images,
         resolve_top_k(top_k, settings),
-        validate_callback_url(callback_url),
+        validate_callback_url(callback_url, settings),
         multi=len(images) > 1,
     )

@@ -109,6 +109,11 @@ class Producer:
             )
         except asyncio.TimeoutError:
             raise ServiceUnavailable("message broker did not confirm the publish in time") from None
+        except aio_pika.exceptions.DeliveryError as exc:
+            # A nack: with x-overflow=reject-publish this means the queue is at MAX_QUEUE_LENGTH.
+            raise ServiceUnavailable(
+                "the request queue is full; retry after the Retry-After delay"
+            ) from exc
         except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             raise ServiceUnavailable(f"message broker refused the message: {exc}") from exc
 

@@ -1,14 +1,15 @@
 """RabbitMQ plumbing shared by the ingress and the consumers (aio-pika, never blocking).
 
 The queue topology lives here once: a durable quorum queue for requests (it
-survives broker restarts and replicates in a cluster), and per-ingress-replica
-reply queues that die with their replica.
+survives broker restarts and replicates in a cluster) with its dead-letter
+queue, and per-ingress-replica reply queues that die with their replica.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import (
@@ -24,6 +25,10 @@ from rabbit_serve.settings import Settings
 logger = logging.getLogger(__name__)
 
 
+class QueueMismatch(RuntimeError):
+    """A queue already exists with arguments this version does not declare."""
+
+
 async def connect(settings: Settings) -> AbstractRobustConnection:
     """A connection that re-opens itself, its channels, queues and consumers after a drop."""
     return await aio_pika.connect_robust(
@@ -33,16 +38,49 @@ async def connect(settings: Settings) -> AbstractRobustConnection:
     )
 
 
-async def declare_request_queue(channel: AbstractChannel, settings: Settings) -> AbstractQueue:
-    """The request queue, declared the same way by every process that touches it.
+def request_queue_arguments(settings: Settings) -> dict[str, Any]:
+    """The request queue's guarantees, declared identically by every process.
 
-    Limits such as delivery counts, length caps and dead-lettering belong in a
-    RabbitMQ *policy*, not here: queue arguments cannot change once declared.
+    Quorum: replicated and durable. A delivery limit, so a message that keeps
+    failing (or keeps crashing its consumer) stops being retried. Dead-lettering
+    to :attr:`Settings.dead_letter_queue`, where a consumer answers its client
+    with an error instead of letting it time out. A length cap with
+    reject-publish, so a full queue refuses new work at once (the ingress turns
+    the broker's nack into 503 + Retry-After) instead of growing without bound.
     """
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": settings.delivery_limit,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": settings.dead_letter_queue,
+        "x-max-length": settings.max_queue_length,
+        "x-overflow": "reject-publish",
+    }
+
+
+async def declare_request_queue(channel: AbstractChannel, settings: Settings) -> AbstractQueue:
+    """The dead-letter queue, then the request queue that feeds it.
+
+    Queue arguments cannot change once a queue exists: a queue left by an older
+    version with other arguments is reported with the command that fixes it.
+    """
+    try:
+        await declare_dead_letter_queue(channel, settings)
+        return await channel.declare_queue(
+            settings.request_queue, durable=True, arguments=request_queue_arguments(settings)
+        )
+    except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+        raise QueueMismatch(
+            f"queue {settings.request_queue!r} or {settings.dead_letter_queue!r} exists with "
+            f"other arguments ({exc}); drain it, then delete it "
+            f"(rabbitmqctl delete_queue {settings.request_queue}) or set REQUEST_QUEUE "
+            "to a new name"
+        ) from exc
+
+
+async def declare_dead_letter_queue(channel: AbstractChannel, settings: Settings) -> AbstractQueue:
     return await channel.declare_queue(
-        settings.request_queue,
-        durable=True,
-        arguments={"x-queue-type": "quorum"},
+        settings.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
     )
 
 

@@ -141,6 +141,19 @@ def decode_task(
     )
 
 
+def dead_letter_reason(headers: dict[str, Any] | None) -> str:
+    """Why RabbitMQ dead-lettered a message: ``expired``, ``delivery_limit``, ``rejected``,
+    ``maxlen``; ``unknown`` if the headers do not say."""
+    reason = (headers or {}).get("x-first-death-reason")
+    if reason is None:
+        deaths = (headers or {}).get("x-death") or []
+        if deaths and isinstance(deaths[0], dict):
+            reason = deaths[0].get("reason")
+    if isinstance(reason, bytes):
+        reason = reason.decode("utf-8", "replace")
+    return str(reason) if reason else "unknown"
+
+
 @dataclass(frozen=True)
 class ErrorInfo:
     """A per-image failure with the HTTP status the client should see."""

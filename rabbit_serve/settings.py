@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_PATH = REPO_ROOT / "models" / "efficientnet_lite0.onnx"
@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     amqp_url: str = Field(
         "amqp://guest:guest@127.0.0.1:5672/%2F",
         description="RabbitMQ URL; amqps:// for TLS.",
+        repr=False,  # holds the broker password
     )
     request_queue: str = Field(
         "rabbit-serve.requests", description="Durable queue the ingress publishes to."
@@ -37,6 +38,19 @@ class Settings(BaseSettings):
     reply_queue_prefix: str = Field(
         "rabbit-serve.replies",
         description="Prefix of each ingress replica's own reply queue.",
+    )
+    dead_letter_queue: str = Field(
+        "rabbit-serve.requests.dead",
+        description="Where messages go that expired or kept failing; consumers answer them.",
+    )
+    max_queue_length: int = Field(
+        10_000, ge=1, description="Messages the request queue holds; when full, requests get 503."
+    )
+    delivery_limit: int = Field(
+        3,
+        ge=1,
+        description="Returns to the queue (failures, crashed consumers) before a message is "
+        "dead-lettered and its client gets an error.",
     )
     broker_connect_timeout: float = Field(
         5.0, gt=0, description="Seconds to wait for a broker connection before giving up."
@@ -93,13 +107,41 @@ class Settings(BaseSettings):
         description="Let ONNX Runtime threads spin-wait; costs CPU when cores are shared.",
     )
 
+    # Security.
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated keys; when set, /v1/* needs 'Authorization: Bearer <key>' "
+        "or 'X-API-Key'.",
+        repr=False,
+    )
+
     # Webhooks.
+    webhook_secret: str = Field(
+        "",
+        description="When set, each webhook POST carries an HMAC-SHA256 signature header.",
+        repr=False,
+    )
+    webhook_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated hosts ('*.example.com' allowed) webhooks may target; "
+        "empty: any public host.",
+    )
+    webhook_allow_private: bool = Field(
+        False, description="Allow webhooks to loopback, private and link-local addresses."
+    )
     webhook_timeout: float = Field(5.0, gt=0, description="Seconds per webhook POST attempt.")
     webhook_max_attempts: int = Field(
         3, ge=1, le=20, description="Attempts per webhook before the result is dropped."
     )
 
-    @field_validator("reply_queue_prefix", "request_queue")
+    @field_validator("api_keys", "webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("reply_queue_prefix", "request_queue", "dead_letter_queue")
     @classmethod
     def _non_empty(cls, value: str) -> str:
         if not value.strip():

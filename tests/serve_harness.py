@@ -68,6 +68,7 @@ def deploy(
     """Deploy the full application under ``route``; queue names are unique to this run."""
     overrides.setdefault("REQUEST_QUEUE", f"rabbit-serve-test-{RUN_ID}.{name}.requests")
     overrides.setdefault("REPLY_QUEUE_PREFIX", f"rabbit-serve-test-{RUN_ID}.{name}.replies")
+    overrides.setdefault("DEAD_LETTER_QUEUE", f"rabbit-serve-test-{RUN_ID}.{name}.dead")
     settings = Settings.from_overrides(overrides)
     serve.run(
         wire(settings, ingress_replicas=ingress_replicas),

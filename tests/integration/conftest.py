@@ -24,6 +24,9 @@ from tests.serve_harness import (
     wait_healthy,
 )
 
+WEBHOOK_SECRET = "integration-webhook-secret"
+NOBROKER_API_KEYS = ("key-one", "key-two")
+
 
 @pytest.fixture(scope="session")
 def serve_base_url() -> Iterator[str]:
@@ -46,9 +49,13 @@ def main_app(serve_base_url: str) -> Iterator[App]:
         MAX_BATCHES_IN_FLIGHT=2,
         TIMEOUT=30,
         NUM_CONSUMERS=1,
+        # The suite's webhook receivers listen on loopback.
+        WEBHOOK_ALLOW_PRIVATE=True,
+        WEBHOOK_SECRET=WEBHOOK_SECRET,
     )
     yield app
     serve.delete(app.name)
+    delete_queue(app.settings, app.settings.dead_letter_queue)
     # With the consumers gone, anything unacked is back in the queue: it must be empty.
     try:
         depth = queue_depth(app.settings, app.settings.request_queue)
@@ -75,6 +82,7 @@ def nobroker_app(serve_base_url: str, main_app: App) -> Iterator[App]:
         BROKER_CONNECT_TIMEOUT=1,
         TIMEOUT=2,
         NUM_CONSUMERS=0,
+        API_KEYS=",".join(NOBROKER_API_KEYS),
     )
     yield app
     serve.delete(app.name)

@@ -6,6 +6,7 @@ import time
 import pytest
 
 from tests.images import ESPRESSO, bomb_png, sample
+from tests.integration.conftest import NOBROKER_API_KEYS
 
 pytestmark = pytest.mark.integration
 
@@ -89,10 +90,28 @@ async def test_no_consumers_means_504_after_timeout(orphan_app, client):
     assert stats["pending"] == 0  # the waiter was removed, not leaked
 
 
+async def test_api_keys_are_required_when_configured(nobroker_app, client):
+    url = f"{nobroker_app.url}/v1/classify"
+    body = {"image": b64(sample("coffee.jpg"))}
+    missing = await client.post(url, json=body)
+    assert missing.status_code == 401 and "API key" in missing.json()["detail"]
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    wrong = await client.post(url, json=body, headers={"authorization": "Bearer key-three"})
+    assert wrong.status_code == 401
+    assert (await client.get(f"{nobroker_app.url}/v1/stats")).status_code == 401
+    # A valid key gets past authentication (and then meets the missing broker).
+    ok = await client.post(url, json=body, headers={"x-api-key": NOBROKER_API_KEYS[1]})
+    assert ok.status_code == 503
+    # Health stays open for load balancers.
+    assert (await client.get(f"{nobroker_app.url}/healthz")).status_code == 503
+
+
 async def test_unreachable_broker_means_fast_503(nobroker_app, client):
     started = time.monotonic()
     response = await client.post(
-        f"{nobroker_app.url}/v1/classify", json={"image": b64(sample("coffee.jpg"))}
+        f"{nobroker_app.url}/v1/classify",
+        json={"image": b64(sample("coffee.jpg"))},
+        headers={"authorization": f"Bearer {NOBROKER_API_KEYS[0]}"},
     )
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"

@@ -42,7 +42,7 @@ async def test_unreachable_broker_gives_a_fast_503():
 @pytest.mark.integration
 async def test_publish_is_confirmed_and_replies_come_back():
     queue_name = f"rabbit-serve-unit.{uuid.uuid4().hex[:8]}"
-    settings = Settings(request_queue=queue_name)
+    settings = Settings(request_queue=queue_name, dead_letter_queue=f"{queue_name}.dead")
     received: list[ClassifyResult] = []
     producer = Producer(settings, f"unit-{uuid.uuid4().hex[:6]}", received.append)
     await producer.start()
@@ -68,6 +68,7 @@ async def test_publish_is_confirmed_and_replies_come_back():
             await asyncio.sleep(0.02)
         assert [r.id for r in received] == [sent.id]
         await queue.delete(if_unused=False, if_empty=False)
+        await channel.queue_delete(settings.dead_letter_queue)
     finally:
         await producer.close()
         await connection.close()

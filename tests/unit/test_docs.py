@@ -22,7 +22,12 @@ def test_every_setting_is_in_the_readme_table_with_its_default():
             assert documented[env] == "models/efficientnet_lite0.onnx"
         else:
             default = field.default
-            expected = str(default).lower() if isinstance(default, bool) else str(default)
+            if default in ((), ""):
+                expected = '""'
+            elif isinstance(default, bool):
+                expected = str(default).lower()
+            else:
+                expected = str(default)
             assert documented[env] == expected, f"{env}: README says {documented[env]!r}"
 
 

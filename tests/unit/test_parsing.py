@@ -105,6 +105,31 @@ def test_top_k_and_callback_helpers():
     assert resolve_top_k(None, SETTINGS) == SETTINGS.default_top_k
     assert resolve_top_k("", SETTINGS) == SETTINGS.default_top_k
     assert resolve_top_k("7", SETTINGS) == 7
-    assert validate_callback_url(None) is None
-    assert validate_callback_url("http://127.0.0.1:9/x") == "http://127.0.0.1:9/x"
-    assert status_of(validate_callback_url, "https://" + "a" * 3000)[0] == 422
+    assert validate_callback_url(None, SETTINGS) is None
+    assert validate_callback_url("https://hooks.example/x", SETTINGS) == "https://hooks.example/x"
+    assert status_of(validate_callback_url, "https://" + "a" * 3000, SETTINGS)[0] == 422
+
+
+@pytest.mark.parametrize(
+    "url,fragment",
+    [
+        ("http://127.0.0.1:9/x", "non-public"),
+        ("http://10.1.2.3/x", "non-public"),
+        ("http://[::1]/x", "non-public"),
+        ("http://169.254.169.254/latest/meta-data", "non-public"),
+        ("http://localhost:8000/x", "localhost"),
+        ("https://user:pw@hooks.example/x", "credentials"),
+    ],
+)
+def test_private_webhook_destinations_are_refused_by_default(url, fragment):
+    status, message = status_of(validate_callback_url, url, SETTINGS)
+    assert status == 422 and fragment in message
+
+
+def test_private_webhooks_when_explicitly_allowed_and_allowlist():
+    allowing = Settings(webhook_allow_private=True)
+    assert validate_callback_url("http://127.0.0.1:9/x", allowing)
+    listed = Settings(webhook_allowed_hosts=("*.example.com",))
+    assert validate_callback_url("https://a.example.com/h", listed)
+    status, message = status_of(validate_callback_url, "https://evil.test/h", listed)
+    assert status == 422 and "WEBHOOK_ALLOWED_HOSTS" in message

@@ -1,0 +1,188 @@
+"""The request queue's guarantees, checked against the real broker (no Ray needed),
+and the consumer's dead-letter handling through the running app."""
+
+import asyncio
+import time
+import uuid
+
+import aio_pika
+import pytest
+
+from ingress.producer import Producer
+from rabbit_serve import broker
+from rabbit_serve.errors import ServiceUnavailable
+from rabbit_serve.messages import (
+    ClassifyResult,
+    ClassifyTask,
+    dead_letter_reason,
+    encode_task,
+)
+from rabbit_serve.settings import Settings
+from tests.images import sample
+
+pytestmark = pytest.mark.integration
+
+
+def isolated_settings(**overrides) -> Settings:
+    name = f"rabbit-serve-test-{uuid.uuid4().hex[:8]}"
+    return Settings(
+        request_queue=f"{name}.requests",
+        dead_letter_queue=f"{name}.dead",
+        reply_queue_prefix=f"{name}.replies",
+        **overrides,
+    )
+
+
+def make_task(reply_to: str, ttl: float = 30.0) -> ClassifyTask:
+    now = time.time()
+    return ClassifyTask(
+        id=uuid.uuid4().hex,
+        request_id="r",
+        index=0,
+        image=sample("coffee.jpg"),
+        top_k=1,
+        sent_at=now,
+        deadline=now + ttl,
+        reply_to=reply_to,
+    )
+
+
+async def open_channel(settings: Settings):
+    connection = await aio_pika.connect(settings.amqp_url)
+    return connection, await connection.channel(publisher_confirms=True)
+
+
+async def cleanup(channel, settings: Settings) -> None:
+    await channel.queue_delete(settings.request_queue)
+    await channel.queue_delete(settings.dead_letter_queue)
+
+
+async def test_queue_is_durable_quorum_with_limits():
+    settings = isolated_settings()
+    connection, channel = await open_channel(settings)
+    async with connection:
+        queue = await broker.declare_request_queue(channel, settings)
+        try:
+            assert queue.durable
+            args = broker.request_queue_arguments(settings)
+            assert args["x-queue-type"] == "quorum" and args["x-overflow"] == "reject-publish"
+            # Redeclaring with the same arguments is fine; with others it is a clear error.
+            await broker.declare_request_queue(channel, settings)
+            other = Settings(
+                request_queue=settings.request_queue,
+                dead_letter_queue=settings.dead_letter_queue,
+                max_queue_length=7,
+            )
+            _, channel2 = await open_channel(settings)
+            with pytest.raises(broker.QueueMismatch, match="delete_queue"):
+                await broker.declare_request_queue(channel2, other)
+        finally:
+            await cleanup(channel, settings)
+
+
+async def test_message_that_keeps_failing_is_dead_lettered_after_the_limit():
+    settings = isolated_settings(delivery_limit=2)
+    connection, channel = await open_channel(settings)
+    async with connection:
+        queue = await broker.declare_request_queue(channel, settings)
+        dead = await broker.declare_dead_letter_queue(channel, settings)
+        try:
+            task = make_task("nobody")
+            await channel.default_exchange.publish(
+                broker.to_aio_pika(encode_task(task)), routing_key=settings.request_queue
+            )
+            deliveries = 0
+            for _ in range(10):
+                message = await queue.get(timeout=5, fail=False)
+                if message is None:
+                    break
+                deliveries += 1
+                await message.nack(requeue=True)  # as the consumer does when the model fails
+            assert deliveries == settings.delivery_limit + 1
+            for _ in range(50):
+                dead_message = await dead.get(fail=False)
+                if dead_message:
+                    break
+                await asyncio.sleep(0.05)
+            assert dead_message is not None and dead_message.message_id == task.id
+            assert dead_letter_reason(dead_message.headers) == "delivery_limit"
+            await dead_message.ack()
+        finally:
+            await cleanup(channel, settings)
+
+
+async def test_expired_messages_are_dead_lettered_as_expired():
+    settings = isolated_settings()
+    connection, channel = await open_channel(settings)
+    async with connection:
+        queue = await broker.declare_request_queue(channel, settings)
+        dead = await broker.declare_dead_letter_queue(channel, settings)
+        try:
+            await channel.default_exchange.publish(
+                broker.to_aio_pika(encode_task(make_task("nobody", ttl=0.1))),
+                routing_key=settings.request_queue,
+            )
+            await asyncio.sleep(0.3)
+            assert await queue.get(fail=False) is None
+            for _ in range(50):
+                dead_message = await dead.get(fail=False)
+                if dead_message:
+                    break
+                await asyncio.sleep(0.05)
+            assert dead_message is not None
+            assert dead_letter_reason(dead_message.headers) == "expired"
+            await dead_message.ack()
+        finally:
+            await cleanup(channel, settings)
+
+
+async def test_full_queue_refuses_at_once_with_503():
+    settings = isolated_settings(max_queue_length=3)
+    producer = Producer(settings, f"unit-{uuid.uuid4().hex[:6]}", lambda r: None)
+    await producer.start()
+    try:
+        # A quorum queue applies its length limit through its Raft log, so it may
+        # accept a message or two past the cap before it starts refusing.
+        accepted, refused_after = 0, None
+        for _ in range(settings.max_queue_length + 5):
+            started = time.monotonic()
+            try:
+                await producer.publish(encode_task(make_task(producer.reply_queue)))
+                accepted += 1
+            except ServiceUnavailable as exc:
+                assert "queue is full" in str(exc)
+                refused_after = time.monotonic() - started
+                break
+        assert refused_after is not None, f"{accepted} messages accepted, none refused"
+        assert settings.max_queue_length <= accepted <= settings.max_queue_length + 2
+        assert refused_after < 1.0
+        assert producer.ready  # a refusal does not break the channel
+    finally:
+        connection, channel = await open_channel(settings)
+        async with connection:
+            await cleanup(channel, settings)
+        await producer.close()
+
+
+async def test_consumer_answers_dead_lettered_work_with_an_error(main_app, main_url):
+    """A message the broker gave up on reaches its client as an explicit error."""
+    settings = main_app.settings
+    connection, channel = await open_channel(settings)
+    async with connection:
+        replies = await channel.declare_queue(exclusive=True)
+        task = make_task(replies.name)
+        message = broker.to_aio_pika(encode_task(task))
+        message.headers["x-first-death-reason"] = "delivery_limit"
+        await channel.default_exchange.publish(message, routing_key=settings.dead_letter_queue)
+        reply = await asyncio.wait_for(_first(replies), timeout=20)
+    result = ClassifyResult.from_json(reply)
+    assert result.id == task.id and result.predictions is None
+    assert result.error is not None and result.error.status == 503
+    assert "could not be classified" in result.error.message
+
+
+async def _first(queue) -> bytes:
+    async with queue.iterator(no_ack=True) as messages:
+        async for message in messages:
+            return message.body
+    raise AssertionError("queue closed")
