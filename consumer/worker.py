@@ -30,6 +30,7 @@ from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
 from consumer.batching import Batcher, Step
+from consumer.dedup import RecentIds
 from consumer.webhook import WebhookPolicy, deliver
 from rabbit_serve import broker
 from rabbit_serve.messages import (
@@ -75,6 +76,7 @@ class BatchingConsumer:
         self._timer_at: float | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._webhooks: set[asyncio.Task[None]] = set()
+        self._answered = RecentIds()
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel
         self._http = httpx.AsyncClient()
@@ -175,6 +177,11 @@ class BatchingConsumer:
             return
         if message.redelivered:
             self._count("redelivered")
+            if task.id in self._answered:
+                # Answered before, but the ack was lost: do not answer twice.
+                self._count("duplicate_skipped")
+                await message.ack()
+                return
         now = time.time()
         if task.remaining(now) <= 0:
             # Its client has already had a 504; the work would be wasted.
@@ -298,6 +305,7 @@ class BatchingConsumer:
                     routing_key=task.reply_to or "",
                 )
                 self._count("answered")
+            self._answered.add(task.id)
             await message.ack()
         except Exception:
             # The connection dropped between result and ack: the broker redelivers the
