@@ -15,6 +15,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.types import Message
 
 from ingress.auth import key_matches, presented_key
 from ingress.parsing import ParsedRequest, parse_json, parse_upload
@@ -89,6 +90,22 @@ def json_response(status: int, payload: Any, headers: dict[str, str] | None = No
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return json_response(status, {"detail": message}, headers)
+
+
+def _limit_body(request: Request, limit: int) -> Request:
+    """The same request, whose body raises a 413 ``ClientError`` once past ``limit`` bytes."""
+    received = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise ClientError(413, f"request body is larger than the limit of {limit} bytes")
+        return message
+
+    return Request(request.scope, receive)
 
 
 def _result_timings(result: ClassifyResult, started: float) -> dict[str, float]:
@@ -231,6 +248,9 @@ class Ingress:
         if declared and declared.isdigit() and int(declared) > limit:
             raise ClientError(413, f"request body is larger than the limit of {limit} bytes")
         content_type = request.headers.get("content-type", "").lower()
+        # A chunked body declares no length: count what actually arrives, for JSON and
+        # multipart alike, so neither memory nor the upload spool grows past the limit.
+        request = _limit_body(request, limit)
         if content_type.startswith("multipart/form-data"):
             return await self._parse_multipart(request)
         if content_type and "json" not in content_type:
@@ -239,16 +259,13 @@ class Ingress:
                 f"unsupported content type {content_type!r}; send application/json "
                 "or multipart/form-data",
             )
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ClientError(413, f"request body is larger than the limit of {limit} bytes")
-        return parse_json(bytes(body), self._settings)
+        return parse_json(await request.body(), self._settings)
 
     async def _parse_multipart(self, request: Request) -> ParsedRequest:
         try:
             form = await request.form(max_files=MAX_MULTIPART_FILES, max_fields=16)
+        except ClientError:
+            raise
         except Exception as exc:
             raise ClientError(400, f"malformed multipart body: {exc}") from None
         try:

@@ -19,6 +19,9 @@ RESIZE_SHORT_SIDE = 256
 CROP_SIZE = 224
 MEAN = 127.0
 STD = 128.0
+# What clients may send. Pillow would also open PostScript/EPS (by running
+# Ghostscript on the client's file), ICNS, PSD and more: none of that is accepted.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,11 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             # We enforce our own pixel cap below with a clear message instead.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
-        raise ClientError(422, "data is not an image in a supported format") from None
+        raise ClientError(
+            422, f"data is not an image in a supported format ({', '.join(ALLOWED_FORMATS)})"
+        ) from None
     except Image.DecompressionBombError as exc:
         raise ClientError(413, f"image has too many pixels: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:

@@ -96,3 +96,11 @@ def test_pixel_cap_is_ours_not_pillows():
         inspect_image(data, max_pixels=30_000)
     assert err.value.status == 413 and "200x200" in err.value.message
     assert inspect_image(data, max_pixels=40_000).width == 200
+
+
+def test_formats_outside_the_allowlist_are_refused_from_the_header():
+    # Pillow would hand EPS to Ghostscript; we never decode it at all.
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    with pytest.raises(ClientError) as err:
+        inspect_image(eps, MAX_PIXELS)
+    assert err.value.status == 422 and "supported format" in err.value.message
