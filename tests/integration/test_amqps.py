@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import datetime
 import ssl
-import time
 import uuid
 
 import aio_pika
@@ -20,8 +19,9 @@ from cryptography.x509.oid import NameOID
 
 from ingress.producer import Producer
 from rabbit_serve.errors import ServiceUnavailable
-from rabbit_serve.messages import ClassifyTask, encode_task
+from rabbit_serve.messages import encode_task
 from rabbit_serve.settings import Settings
+from tests.factories import make_task
 
 pytestmark = pytest.mark.integration
 
@@ -90,20 +90,6 @@ async def tls_proxy(cert, key, upstream_port: int = 5672):
         server.close()
 
 
-def _task(reply_to: str) -> ClassifyTask:
-    now = time.time()
-    return ClassifyTask(
-        id=uuid.uuid4().hex,
-        request_id="r",
-        index=0,
-        image=b"img",
-        top_k=1,
-        sent_at=now,
-        deadline=now + 5,
-        reply_to=reply_to,
-    )
-
-
 async def test_amqps_with_a_verified_certificate(tls_files):
     name = f"rabbit-serve-test-{uuid.uuid4().hex[:8]}"
     async with tls_proxy(tls_files["cert"], tls_files["key"]) as (port, handshakes):
@@ -115,7 +101,7 @@ async def test_amqps_with_a_verified_certificate(tls_files):
         await producer.start()
         try:
             assert producer.ready
-            await producer.publish(encode_task(_task(producer.reply_queue)))
+            await producer.publish(encode_task(make_task(producer.reply_queue)))
             assert handshakes and handshakes[0].startswith("TLS")
         finally:
             await producer.close()
@@ -138,6 +124,6 @@ async def test_amqps_refuses_an_untrusted_certificate(tls_files):
         try:
             assert not producer.ready
             with pytest.raises(ServiceUnavailable):
-                await producer.publish(encode_task(_task(producer.reply_queue)))
+                await producer.publish(encode_task(make_task(producer.reply_queue)))
         finally:
             await producer.close()

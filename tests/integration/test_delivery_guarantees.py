@@ -18,6 +18,7 @@ from rabbit_serve.messages import (
     encode_task,
 )
 from rabbit_serve.settings import Settings
+from tests.factories import make_task
 from tests.images import sample
 
 pytestmark = pytest.mark.integration
@@ -33,18 +34,8 @@ def isolated_settings(**overrides) -> Settings:
     )
 
 
-def make_task(reply_to: str, ttl: float = 30.0) -> ClassifyTask:
-    now = time.time()
-    return ClassifyTask(
-        id=uuid.uuid4().hex,
-        request_id="r",
-        index=0,
-        image=sample("coffee.jpg"),
-        top_k=1,
-        sent_at=now,
-        deadline=now + ttl,
-        reply_to=reply_to,
-    )
+def coffee_task(reply_to: str, ttl: float = 30.0) -> ClassifyTask:
+    return make_task(reply_to, ttl=ttl, image=sample("coffee.jpg"), top_k=1)
 
 
 async def open_channel(settings: Settings):
@@ -87,7 +78,7 @@ async def test_message_that_keeps_failing_is_dead_lettered_after_the_limit():
         queue = await broker.declare_request_queue(channel, settings)
         dead = await broker.declare_dead_letter_queue(channel, settings)
         try:
-            task = make_task("nobody")
+            task = coffee_task("nobody")
             await channel.default_exchange.publish(
                 broker.to_aio_pika(encode_task(task)), routing_key=settings.request_queue
             )
@@ -119,7 +110,7 @@ async def test_expired_messages_are_dead_lettered_as_expired():
         dead = await broker.declare_dead_letter_queue(channel, settings)
         try:
             await channel.default_exchange.publish(
-                broker.to_aio_pika(encode_task(make_task("nobody", ttl=0.1))),
+                broker.to_aio_pika(encode_task(coffee_task("nobody", ttl=0.1))),
                 routing_key=settings.request_queue,
             )
             await asyncio.sleep(0.3)
@@ -147,7 +138,7 @@ async def test_full_queue_refuses_at_once_with_503():
         for _ in range(settings.max_queue_length + 5):
             started = time.monotonic()
             try:
-                await producer.publish(encode_task(make_task(producer.reply_queue)))
+                await producer.publish(encode_task(coffee_task(producer.reply_queue)))
                 accepted += 1
             except ServiceUnavailable as exc:
                 assert "queue is full" in str(exc)
@@ -170,7 +161,7 @@ async def test_consumer_answers_dead_lettered_work_with_an_error(main_app, main_
     connection, channel = await open_channel(settings)
     async with connection:
         replies = await channel.declare_queue(exclusive=True)
-        task = make_task(replies.name)
+        task = coffee_task(replies.name)
         message = broker.to_aio_pika(encode_task(task))
         message.headers["x-first-death-reason"] = "delivery_limit"
         await channel.default_exchange.publish(message, routing_key=settings.dead_letter_queue)

@@ -9,22 +9,9 @@ import pytest
 
 from ingress.producer import Producer
 from rabbit_serve.errors import ServiceUnavailable
-from rabbit_serve.messages import ClassifyResult, ClassifyTask, decode_task, encode_task
+from rabbit_serve.messages import ClassifyResult, decode_task, encode_task
 from rabbit_serve.settings import Settings
-
-
-def task(reply_to: str) -> ClassifyTask:
-    now = time.time()
-    return ClassifyTask(
-        id=uuid.uuid4().hex,
-        request_id="r",
-        index=0,
-        image=b"img",
-        top_k=1,
-        sent_at=now,
-        deadline=now + 5,
-        reply_to=reply_to,
-    )
+from tests.factories import make_task
 
 
 async def test_unreachable_broker_gives_a_fast_503():
@@ -34,7 +21,7 @@ async def test_unreachable_broker_gives_a_fast_503():
     await producer.start()  # does not raise: the replica must still come up
     assert not producer.ready
     with pytest.raises(ServiceUnavailable):
-        await producer.publish(encode_task(task(producer.reply_queue)))
+        await producer.publish(encode_task(make_task(producer.reply_queue, image=b"img")))
     assert time.monotonic() - started < 3
     await producer.close()
 
@@ -49,7 +36,7 @@ async def test_publish_is_confirmed_and_replies_come_back():
     assert producer.ready
     connection = await aio_pika.connect(settings.amqp_url)
     try:
-        sent = task(producer.reply_queue)
+        sent = make_task(producer.reply_queue, image=b"img")
         await producer.publish(encode_task(sent))
         channel = await connection.channel()
         queue = await channel.declare_queue(queue_name, passive=True)

@@ -1,5 +1,3 @@
-import time
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -8,29 +6,12 @@ from rabbit_serve.messages import (
     H_DEADLINE,
     H_TOP_K,
     ClassifyResult,
-    ClassifyTask,
     ErrorInfo,
     MalformedMessage,
     decode_task,
     encode_task,
 )
-
-
-def make_task(**overrides):
-    now = time.time()
-    fields = dict(
-        id="req-0",
-        request_id="req",
-        index=0,
-        image=b"\xff\xd8jpeg bytes",
-        top_k=5,
-        sent_at=now,
-        deadline=now + 10,
-        reply_to="rabbit-serve.replies.app.abc",
-        callback_url=None,
-    )
-    fields.update(overrides)
-    return ClassifyTask(**fields)
+from tests.factories import make_task
 
 
 def roundtrip(task):
