@@ -5,7 +5,9 @@ Per replica: one robust broker connection, a prefetch of ``MAX_BATCH_SIZE x
 the classifier, a :class:`Batcher` driven by a real timer, one classifier
 call per batch, and an ack for each message only after its result was handed
 back (published with confirms to the owner's reply queue, or POSTed to its
-webhook). A consumer that dies with unacked messages gets them redelivered.
+webhook outbox). A consumer that dies with unacked messages gets them redelivered.
+Webhook results go through a durable outbox queue with its own channel and
+prefetch, so a slow or dead receiver only ever slows other webhooks.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from consumer.dedup import RecentIds
 from consumer.webhook import WebhookPolicy, deliver
 from rabbit_serve import broker
 from rabbit_serve.messages import (
+    H_CALLBACK_URL,
     RESULT_CONTENT_TYPE,
     ClassifyResult,
     ClassifyTask,
@@ -75,7 +78,6 @@ class BatchingConsumer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._webhooks: set[asyncio.Task[None]] = set()
         self._answered = RecentIds()
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel
@@ -121,7 +123,6 @@ class BatchingConsumer:
             "batch_sizes": dict(self._batch_sizes),
             "waiting": self._batcher.waiting,
             "batches_in_flight": len(self._in_flight),
-            "webhooks_in_flight": len(self._webhooks),
             "connected": self._connection is not None and not self._connection.is_closed,
         }
 
@@ -129,8 +130,8 @@ class BatchingConsumer:
         self._runner.cancel()
         if self._timer is not None:
             self._timer.cancel()
-        if self._in_flight or self._webhooks:
-            await asyncio.wait(self._in_flight | self._webhooks, timeout=self._settings.timeout)
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=self._settings.timeout)
         # Unacked messages (still batching) return to the queue when the connection closes.
         if self._connection is not None:
             await self._connection.close()
@@ -154,6 +155,12 @@ class BatchingConsumer:
         # The robust connection re-opens the channel and these consumers after a drop.
         await queue.consume(self._on_message)
         await dead.consume(self._on_dead_letter)
+        # Its own channel: the outbox's prefetch bounds webhook deliveries in flight
+        # without touching the request queue's.
+        webhook_channel = await self._connection.channel()
+        await webhook_channel.set_qos(prefetch_count=self._settings.webhook_concurrency)
+        outbox = await broker.declare_webhook_queue(webhook_channel, self._settings)
+        await outbox.consume(self._on_webhook)
         logger.info(
             "consuming %s (batch %d, timeout %.3fs, prefetch %d)",
             self._settings.request_queue,
@@ -245,17 +252,12 @@ class BatchingConsumer:
                     await delivery.message.nack(requeue=True)
             return
         inference_ms = (time.time() - dispatched) * 1000
-        replies = []
-        for delivery, outcome in zip(batch, outcomes, strict=True):
-            handback = self._hand_back(delivery, outcome, len(batch), dispatched, inference_ms)
-            if delivery.task.callback_url:
-                # A slow webhook must not hold the batch slot: it retries on its own time.
-                webhook = asyncio.create_task(handback)
-                self._webhooks.add(webhook)
-                webhook.add_done_callback(self._webhooks.discard)
-            else:
-                replies.append(handback)
-        await asyncio.gather(*replies)
+        await asyncio.gather(
+            *(
+                self._hand_back(delivery, outcome, len(batch), dispatched, inference_ms)
+                for delivery, outcome in zip(batch, outcomes, strict=True)
+            )
+        )
 
     async def _hand_back(
         self,
@@ -287,14 +289,18 @@ class BatchingConsumer:
         """Hand the result back, then ack: never the other way round."""
         try:
             if task.callback_url:
-                delivered = await deliver(
-                    self._http,
-                    task.callback_url,
-                    result.to_json(),
-                    policy=self._webhook_policy,
-                    task_id=task.id,
+                # Durably handed to the outbox (confirmed), so the request can be acked now.
+                await self._channel.default_exchange.publish(
+                    aio_pika.Message(
+                        result.to_json(),
+                        message_id=task.id,
+                        content_type=RESULT_CONTENT_TYPE,
+                        headers={H_CALLBACK_URL: task.callback_url},
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key=self._settings.webhook_queue,
                 )
-                self._count("webhook_delivered" if delivered else "webhook_failed")
+                self._count("webhook_queued")
             else:
                 await self._channel.default_exchange.publish(
                     aio_pika.Message(
@@ -313,6 +319,28 @@ class BatchingConsumer:
             # second result for the same task).
             logger.exception("could not hand back %s; it will be redelivered", task.id)
             self._count("handback_failed")
+
+    # -- webhooks ----------------------------------------------------------------------------
+
+    async def _on_webhook(self, message: AbstractIncomingMessage) -> None:
+        """Deliver one outbox entry (retries inside), then ack it whatever the outcome:
+        the retry bound is the policy's, not the broker's."""
+        url = (message.headers or {}).get(H_CALLBACK_URL)
+        if isinstance(url, bytes):
+            url = url.decode("utf-8", "replace")
+        if not isinstance(url, str) or not url:
+            self._count("webhook_malformed")
+            await message.reject(requeue=False)
+            return
+        delivered = await deliver(
+            self._http,
+            url,
+            message.body,
+            policy=self._webhook_policy,
+            task_id=message.message_id or "",
+        )
+        self._count("webhook_delivered" if delivered else "webhook_failed")
+        await message.ack()
 
     # -- dead letters ------------------------------------------------------------------------
 

@@ -84,6 +84,16 @@ async def declare_dead_letter_queue(channel: AbstractChannel, settings: Settings
     )
 
 
+async def declare_webhook_queue(channel: AbstractChannel, settings: Settings) -> AbstractQueue:
+    """The webhook outbox: results wait here, durably, while a slow receiver is retried,
+    so they never hold the request queue's prefetch credits."""
+    return await channel.declare_queue(
+        settings.webhook_queue,
+        durable=True,
+        arguments={"x-queue-type": "quorum", "x-delivery-limit": settings.delivery_limit},
+    )
+
+
 def reply_queue_name(settings: Settings, owner: str) -> str:
     return f"{settings.reply_queue_prefix}.{owner}"
 

@@ -129,6 +129,13 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = Field(
         False, description="Allow webhooks to loopback, private and link-local addresses."
     )
+    webhook_queue: str = Field(
+        "rabbit-serve.webhooks",
+        description="Durable outbox of results bound for webhooks, delivered apart from batching.",
+    )
+    webhook_concurrency: int = Field(
+        16, ge=1, le=1024, description="Webhook deliveries one consumer runs at once."
+    )
     webhook_timeout: float = Field(5.0, gt=0, description="Seconds per webhook POST attempt.")
     webhook_max_attempts: int = Field(
         3, ge=1, le=20, description="Attempts per webhook before the result is dropped."
@@ -141,7 +148,7 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("reply_queue_prefix", "request_queue", "dead_letter_queue")
+    @field_validator("reply_queue_prefix", "request_queue", "dead_letter_queue", "webhook_queue")
     @classmethod
     def _non_empty(cls, value: str) -> str:
         if not value.strip():

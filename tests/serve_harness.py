@@ -69,6 +69,7 @@ def deploy(
     overrides.setdefault("REQUEST_QUEUE", f"rabbit-serve-test-{RUN_ID}.{name}.requests")
     overrides.setdefault("REPLY_QUEUE_PREFIX", f"rabbit-serve-test-{RUN_ID}.{name}.replies")
     overrides.setdefault("DEAD_LETTER_QUEUE", f"rabbit-serve-test-{RUN_ID}.{name}.dead")
+    overrides.setdefault("WEBHOOK_QUEUE", f"rabbit-serve-test-{RUN_ID}.{name}.webhooks")
     settings = Settings.from_overrides(overrides)
     serve.run(
         wire(settings, ingress_replicas=ingress_replicas),

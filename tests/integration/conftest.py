@@ -56,6 +56,7 @@ def main_app(serve_base_url: str) -> Iterator[App]:
     yield app
     serve.delete(app.name)
     delete_queue(app.settings, app.settings.dead_letter_queue)
+    delete_queue(app.settings, app.settings.webhook_queue)
     # With the consumers gone, anything unacked is back in the queue: it must be empty.
     try:
         depth = queue_depth(app.settings, app.settings.request_queue)
