@@ -18,7 +18,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.types import Message
 
 from ingress.auth import key_matches, presented_key
-from ingress.parsing import ParsedRequest, parse_json, parse_upload
+from ingress.parsing import ParsedRequest, parse_json, parse_upload, request_start
 from ingress.pending import PendingResults
 from ingress.producer import Producer
 from ingress.schemas import (
@@ -166,6 +166,12 @@ class Ingress:
             return error_response(exc.status, exc.message)
         request_id = uuid.uuid4().hex
         sent_at = time.time()
+        deadline = request_start(request.headers.get("x-request-start"), sent_at) + (
+            self._settings.timeout
+        )
+        if deadline <= sent_at:
+            # It already waited TIMEOUT in front of us: nobody is waiting for the answer.
+            return error_response(504, self._timeout_message())
         tasks = [
             ClassifyTask(
                 id=f"{request_id}-{i}",
@@ -174,7 +180,7 @@ class Ingress:
                 image=image,
                 top_k=parsed.top_k,
                 sent_at=sent_at,
-                deadline=sent_at + self._settings.timeout,
+                deadline=deadline,
                 reply_to=None if parsed.callback_url else self._producer.reply_queue,
                 callback_url=parsed.callback_url,
             )
@@ -222,6 +228,9 @@ class Ingress:
         )
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _timeout_message(self) -> str:
+        return f"no answer within TIMEOUT={self._settings.timeout:g}s"
 
     def _deny(self, request: Request) -> Response | None:
         """401 unless API keys are off or the request carries one of them."""
@@ -324,7 +333,7 @@ class Ingress:
             # nothing stays registered, and a late result is counted, not kept.
             for task in tasks:
                 self._pending.forget(task.id)
-        timeout_message = f"no answer within TIMEOUT={self._settings.timeout:g}s"
+        timeout_message = self._timeout_message()
         model = self._settings.model_name
         if not parsed.multi:
             if not done:

@@ -32,6 +32,33 @@ class ParsedRequest:
     multi: bool
 
 
+def request_start(header: str | None, now: float) -> float:
+    """When the request entered the system, in epoch seconds.
+
+    A front proxy (nginx ``proxy_set_header X-Request-Start "t=${msec}"``, Heroku,
+    many load balancers) stamps the time it received the request; with it, TIMEOUT
+    also counts the time spent queueing in front of the ingress. Seconds,
+    milliseconds and microseconds are accepted. A missing, malformed or future
+    stamp means ``now``: a client can shorten its own deadline, never lengthen it.
+    """
+    if not header:
+        return now
+    value = header.strip()
+    if value.startswith("t="):
+        value = value[2:]
+    try:
+        stamp = float(value)
+    except ValueError:
+        return now
+    if stamp > 1e14:
+        stamp /= 1e6
+    elif stamp > 1e11:
+        stamp /= 1e3
+    if stamp != stamp or stamp <= 0:  # NaN or nonsense
+        return now
+    return min(stamp, now)
+
+
 def decode_base64_image(value: str, max_bytes: int, what: str = "image") -> bytes:
     """Strict base64 (standard or URL-safe alphabet), size-checked before decoding."""
     value = _DATA_URI.sub("", value.strip(), count=1)

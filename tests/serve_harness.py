@@ -115,3 +115,13 @@ def delete_queue(settings: Settings, queue: str) -> None:
         await channel.queue_delete(queue)
 
     asyncio.run(_with_channel(settings, delete))
+
+
+def delete_app_queues(app: App) -> None:
+    """Every durable queue an app declares: requests, dead letters, webhook outbox."""
+    for queue in (
+        app.settings.request_queue,
+        app.settings.dead_letter_queue,
+        app.settings.webhook_queue,
+    ):
+        delete_queue(app.settings, queue)

@@ -16,7 +16,7 @@ from ray import serve
 
 from tests.serve_harness import (
     App,
-    delete_queue,
+    delete_app_queues,
     deploy,
     queue_depth,
     start_cluster,
@@ -55,13 +55,11 @@ def main_app(serve_base_url: str) -> Iterator[App]:
     )
     yield app
     serve.delete(app.name)
-    delete_queue(app.settings, app.settings.dead_letter_queue)
-    delete_queue(app.settings, app.settings.webhook_queue)
     # With the consumers gone, anything unacked is back in the queue: it must be empty.
     try:
         depth = queue_depth(app.settings, app.settings.request_queue)
     finally:
-        delete_queue(app.settings, app.settings.request_queue)
+        delete_app_queues(app)
     assert depth == 0, f"{depth} messages were left unacknowledged in the request queue"
 
 
@@ -70,7 +68,7 @@ def orphan_app(serve_base_url: str, main_app: App) -> Iterator[App]:
     app = deploy("orphan", "/orphan", serve_base_url, TIMEOUT=2, NUM_CONSUMERS=0)
     yield app
     serve.delete(app.name)
-    delete_queue(app.settings, app.settings.request_queue)
+    delete_app_queues(app)
 
 
 @pytest.fixture(scope="session")

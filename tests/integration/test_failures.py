@@ -106,6 +106,22 @@ async def test_api_keys_are_required_when_configured(nobroker_app, client):
     assert (await client.get(f"{nobroker_app.url}/healthz")).status_code == 503
 
 
+async def test_front_proxy_request_start_counts_toward_timeout(orphan_app, client):
+    url = f"{orphan_app.url}/v1/classify"
+    body = {"image": b64(sample("coffee.jpg"))}
+    # Already waited longer than TIMEOUT=2s in front of the ingress: 504 at once.
+    started = time.monotonic()
+    stale = await client.post(url, json=body, headers={"x-request-start": f"t={time.time() - 5}"})
+    assert stale.status_code == 504 and time.monotonic() - started < 1.0
+    # Waited 1.5 s already: only the remaining ~0.5 s is spent here.
+    started = time.monotonic()
+    late = await client.post(
+        url, json=body, headers={"x-request-start": f"t={(time.time() - 1.5) * 1000:.0f}"}
+    )
+    elapsed = time.monotonic() - started
+    assert late.status_code == 504 and 0.3 <= elapsed <= 1.5, elapsed
+
+
 async def test_unreachable_broker_means_fast_503(nobroker_app, client):
     started = time.monotonic()
     response = await client.post(

@@ -7,6 +7,7 @@ from ingress.parsing import (
     decode_base64_image,
     parse_json,
     parse_upload,
+    request_start,
     resolve_top_k,
     validate_callback_url,
 )
@@ -133,3 +134,26 @@ def test_private_webhooks_when_explicitly_allowed_and_allowlist():
     assert validate_callback_url("https://a.example.com/h", listed)
     status, message = status_of(validate_callback_url, "https://evil.test/h", listed)
     assert status == 422 and "WEBHOOK_ALLOWED_HOSTS" in message
+
+
+@pytest.mark.parametrize(
+    "header,expected",
+    [
+        (None, 1000.0),
+        ("", 1000.0),
+        ("t=990.5", 990.5),
+        ("990.5", 990.5),
+        ("garbage", 1000.0),
+        ("t=nan", 1000.0),
+        ("t=-5", 1000.0),
+        ("t=5000", 1000.0),  # in the future: never lengthens the deadline
+    ],
+)
+def test_request_start_in_seconds(header, expected):
+    assert request_start(header, now=1000.0) == pytest.approx(expected)
+
+
+def test_request_start_in_milliseconds_and_microseconds():
+    now = 1_700_000_000.0
+    assert request_start("t=1699999998500", now) == pytest.approx(now - 1.5)
+    assert request_start("t=1699999998500000", now) == pytest.approx(now - 1.5)
