@@ -5,6 +5,11 @@ A batch goes out when it holds ``max_size`` items, or ``timeout`` seconds after
 ``max_in_flight`` batches are still at the classifier. While every slot is busy,
 items keep collecting, so batches grow under load instead of queueing up small.
 
+With ``dispatch_when_idle`` (the default), nothing waits while no batch at all is
+in flight: a lone request at an idle classifier goes out at once instead of
+sitting out ``timeout``. Under load there is always a batch in flight, so the
+size/timeout rule above decides.
+
 The caller feeds events (:meth:`add`, :meth:`on_timer`, :meth:`on_done`) with the
 current time, dispatches the batches each event returns, and keeps one timer
 armed for :attr:`Step.wake_at`. A timer that fires for a batch which already
@@ -34,6 +39,7 @@ class Batcher(Generic[T]):
     max_size: int
     timeout: float
     max_in_flight: int = 1
+    dispatch_when_idle: bool = True
     _waiting: deque[tuple[T, float]] = field(default_factory=deque)
     _in_flight: int = 0
 
@@ -79,7 +85,8 @@ class Batcher(Generic[T]):
         batches: list[list[T]] = []
         while self._waiting and self._in_flight < self.max_in_flight:
             due_at = self._waiting[0][1] + self.timeout
-            if len(self._waiting) < self.max_size and now < due_at:
+            idle = self.dispatch_when_idle and self._in_flight == 0
+            if len(self._waiting) < self.max_size and now < due_at and not idle:
                 break
             count = min(self.max_size, len(self._waiting))
             batches.append([self._waiting.popleft()[0] for _ in range(count)])

@@ -73,7 +73,10 @@ class BatchingConsumer:
         self._classifier = classifier
         self._loop = asyncio.get_running_loop()
         self._batcher: Batcher[_Delivery] = Batcher(
-            settings.max_batch_size, settings.batch_timeout, settings.max_batches_in_flight
+            settings.max_batch_size,
+            settings.batch_timeout,
+            settings.max_batches_in_flight,
+            settings.dispatch_when_idle,
         )
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None

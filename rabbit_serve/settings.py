@@ -68,6 +68,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds after a batch's first image at which it is dispatched, full or not.",
     )
+    dispatch_when_idle: bool = Field(
+        True,
+        description="While no batch is at the classifier, send what waits at once instead of "
+        "waiting BATCH_TIMEOUT.",
+    )
     max_batches_in_flight: int = Field(
         2, ge=1, le=64, description="Batches a consumer keeps at the classifier at once."
     )

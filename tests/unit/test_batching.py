@@ -4,7 +4,7 @@ from consumer.batching import Batcher
 
 
 def test_size_trigger_dispatches_at_once():
-    b = Batcher[int](max_size=3, timeout=1.0, max_in_flight=2)
+    b = Batcher[int](max_size=3, timeout=1.0, max_in_flight=2, dispatch_when_idle=False)
     assert b.add(1, now=0.0).batches == []
     assert b.add(2, now=0.1).batches == []
     step = b.add(3, now=0.2)
@@ -13,7 +13,7 @@ def test_size_trigger_dispatches_at_once():
 
 
 def test_timeout_is_measured_from_the_first_item_of_that_batch():
-    b = Batcher[str](max_size=10, timeout=0.5, max_in_flight=2)
+    b = Batcher[str](max_size=10, timeout=0.5, max_in_flight=2, dispatch_when_idle=False)
     assert b.add("a", now=100.0).wake_at == pytest.approx(100.5)
     # Later items do not push the deadline back.
     assert b.add("b", now=100.4).wake_at == pytest.approx(100.5)
@@ -23,21 +23,21 @@ def test_timeout_is_measured_from_the_first_item_of_that_batch():
 
 
 def test_lone_item_goes_out_when_its_timer_fires():
-    b = Batcher[str](max_size=32, timeout=0.01)
+    b = Batcher[str](max_size=32, timeout=0.01, dispatch_when_idle=False)
     step = b.add("only", now=0.0)
     assert step.batches == [] and step.wake_at == pytest.approx(0.01)
     assert b.on_timer(now=0.01).batches == [["only"]]
 
 
 def test_early_timer_changes_nothing_and_asks_to_be_rearmed():
-    b = Batcher[str](max_size=4, timeout=1.0)
+    b = Batcher[str](max_size=4, timeout=1.0, dispatch_when_idle=False)
     b.add("x", now=0.0)
     step = b.on_timer(now=0.999)
     assert step.batches == [] and step.wake_at == pytest.approx(1.0)
 
 
 def test_stale_timer_after_size_dispatch_does_nothing():
-    b = Batcher[int](max_size=2, timeout=1.0, max_in_flight=4)
+    b = Batcher[int](max_size=2, timeout=1.0, max_in_flight=4, dispatch_when_idle=False)
     first_wake = b.add(1, now=0.0).wake_at
     assert b.add(2, now=0.1).batches == [[1, 2]]
     # A new batch starts before the first batch's timer fires...
@@ -51,7 +51,7 @@ def test_stale_timer_after_size_dispatch_does_nothing():
 
 
 def test_no_new_batch_while_every_slot_is_busy_and_batches_grow_meanwhile():
-    b = Batcher[int](max_size=4, timeout=0.01, max_in_flight=1)
+    b = Batcher[int](max_size=4, timeout=0.01, max_in_flight=1, dispatch_when_idle=False)
     b.add(0, now=0.0)
     assert b.on_timer(now=0.01).batches == [[0]]
     # The only slot is busy: items collect past their timeout, no timer is needed.
@@ -63,7 +63,7 @@ def test_no_new_batch_while_every_slot_is_busy_and_batches_grow_meanwhile():
 
 
 def test_full_batches_wait_for_a_slot_and_keep_their_order():
-    b = Batcher[int](max_size=2, timeout=5.0, max_in_flight=1)
+    b = Batcher[int](max_size=2, timeout=5.0, max_in_flight=1, dispatch_when_idle=False)
     dispatched = []
     for i in range(6):
         dispatched += b.add(i, now=0.0).batches
@@ -74,7 +74,7 @@ def test_full_batches_wait_for_a_slot_and_keep_their_order():
 
 
 def test_several_batches_in_flight():
-    b = Batcher[int](max_size=2, timeout=5.0, max_in_flight=3)
+    b = Batcher[int](max_size=2, timeout=5.0, max_in_flight=3, dispatch_when_idle=False)
     out = []
     for i in range(8):
         out += b.add(i, now=0.0).batches
@@ -93,7 +93,7 @@ def test_zero_timeout_dispatches_immediately_when_a_slot_is_free():
 
 
 def test_drain_and_on_done_misuse():
-    b = Batcher[int](max_size=4, timeout=1.0)
+    b = Batcher[int](max_size=4, timeout=1.0, dispatch_when_idle=False)
     b.add(1, now=0.0)
     assert b.drain() == [1] and b.drain() == []
     with pytest.raises(RuntimeError):
@@ -104,3 +104,20 @@ def test_drain_and_on_done_misuse():
 def test_invalid_parameters_are_refused(max_size, timeout, in_flight):
     with pytest.raises(ValueError):
         Batcher[int](max_size=max_size, timeout=timeout, max_in_flight=in_flight)
+
+
+def test_lone_item_at_an_idle_classifier_goes_out_at_once():
+    b = Batcher[str](max_size=32, timeout=0.5, max_in_flight=2)  # dispatch_when_idle default
+    step = b.add("alone", now=10.0)
+    assert step.batches == [["alone"]] and step.wake_at is None
+
+
+def test_when_busy_the_size_and_timeout_rule_still_decides():
+    b = Batcher[int](max_size=4, timeout=0.5, max_in_flight=2)
+    assert b.add(0, now=0.0).batches == [[0]]  # idle: at once
+    # One batch in flight: the next items wait for size or their own timeout.
+    assert b.add(1, now=0.1).batches == [] and b.add(2, now=0.2).batches == []
+    assert b.on_timer(now=0.6).batches == [[1, 2]]
+    # Both slots busy now; when one frees, the overdue head leaves.
+    b.add(3, now=0.7)
+    assert b.on_done(now=1.5).batches == [[3]]
