@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run stop test test-unit test-integration test-faults lint format export-model clean
+.PHONY: install run stop test test-unit test-integration test-faults bench lint format export-model clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ test-faults: $(STAMP)
 	@scripts/ensure_broker.sh
 	@$(PY) -m pytest -q -p no:cacheprovider tests/faults; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+## Side-by-side benchmark: raw ONNX Runtime, this pipeline, a plain Serve peer (needs wrk).
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install -y wrk"; exit 1; }
+	@scripts/ensure_broker.sh
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m bench.run
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,1 @@
+"""Benchmarks: the pipeline against the raw model and a plain Ray Serve peer."""

@@ -1,0 +1,244 @@
+"""`make bench`: the pipeline against the raw model and a plain Serve peer, in one run.
+
+1. Raw limit: ONNX Runtime alone (decode + preprocess + inference) at its best batch size.
+2. The pipeline over HTTP (wrk, Lua) at several concurrencies, with DISPATCH_WHEN_IDLE on,
+   plus concurrency 1 with it off.
+3. The plain Ray Serve peer (`bench/peer.py`) under the same load.
+
+Everything shares this machine's cores, the load generator too. Prints one table,
+writes JSON and a PNG under bench-results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import httpx
+import ray
+from ray import serve
+
+from bench.peer import build_peer
+from deployments.app import wire
+from deployments.onnx_model import OnnxClassifier
+from rabbit_serve.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = ROOT / "examples" / "images" / "chelsea.jpg"
+LUA = """
+local f = io.open(os.getenv("BENCH_BODY"), "rb"); local body = f:read("*all"); f:close()
+wrk.method = "POST"; wrk.body = body; wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %d %.3f %.3f %.3f\\n", summary.requests,
+    summary.errors.status + summary.errors.connect + summary.errors.read
+    + summary.errors.write + summary.errors.timeout, summary.duration,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000,
+    latency:percentile(99) / 1000))
+end
+"""
+
+
+def raw_limit(seconds: float) -> dict[str, float]:
+    """Images/s of decode + preprocess + inference in this process, per batch size."""
+    model = OnnxClassifier(Settings().model_path)
+    image = IMAGE.read_bytes()
+    out: dict[str, float] = {}
+    single = []
+    for _ in range(20):
+        started = time.perf_counter()
+        model.classify([image], [5])
+        single.append(time.perf_counter() - started)
+    out["single_image_ms_p50"] = sorted(single)[len(single) // 2] * 1000
+    for batch in (1, 4, 8, 16, 32):
+        images, top_ks = [image] * batch, [5] * batch
+        model.classify(images, top_ks)
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            model.classify(images, top_ks)
+            count += batch
+        out[f"batch_{batch}"] = count / (time.perf_counter() - started)
+    model.close()
+    return out
+
+
+def wrk(url: str, concurrency: int, seconds: int, body: Path, script: Path) -> dict[str, float]:
+    threads = min(concurrency, 2)
+    result = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{concurrency}",
+            f"-d{seconds}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BENCH_BODY": str(body)},
+        check=True,
+    )
+    match = re.search(r"RESULT (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)", result.stdout)
+    if not match:
+        raise RuntimeError(f"wrk printed no result:\n{result.stdout}\n{result.stderr}")
+    requests, errors, duration_us = (int(match[i]) for i in (1, 2, 3))
+    return {
+        "concurrency": concurrency,
+        "images_per_s": (requests - errors) / (duration_us / 1e6),
+        "errors": errors,
+        "p50_ms": float(match[4]),
+        "p95_ms": float(match[5]),
+        "p99_ms": float(match[6]),
+    }
+
+
+def wait_healthy(url: str) -> None:
+    image = base64.b64encode(IMAGE.read_bytes()).decode()
+    for _ in range(240):
+        try:
+            if httpx.post(url, json={"image": image}, timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} never answered")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10, help="per load point")
+    parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument("--out", default=str(ROOT / "bench-results"))
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    print("raw limit ...", flush=True)
+    raw = raw_limit(min(args.seconds, 5))
+    best_raw = max(v for k, v in raw.items() if k.startswith("batch_"))
+
+    work = Path(tempfile.mkdtemp())
+    body = work / "body.json"
+    body.write_text(json.dumps({"image": base64.b64encode(IMAGE.read_bytes()).decode()}))
+    script = work / "post.lua"
+    script.write_text(LUA)
+
+    ray.init(
+        address="local",
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        num_cpus=4,
+        object_store_memory=500 * 1024 * 1024,
+        log_to_driver=False,
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    base = f"http://127.0.0.1:{port}"
+    run_id = os.urandom(4).hex()
+    results: dict[str, list[dict[str, float]]] = {}
+    try:
+        for name, idle in (("pipeline", True), ("pipeline_no_idle_dispatch", False)):
+            settings = Settings(
+                request_queue=f"rabbit-serve-bench-{run_id}.{name}.requests",
+                dead_letter_queue=f"rabbit-serve-bench-{run_id}.{name}.dead",
+                webhook_queue=f"rabbit-serve-bench-{run_id}.{name}.webhooks",
+                reply_queue_prefix=f"rabbit-serve-bench-{run_id}.{name}.replies",
+                dispatch_when_idle=idle,
+            )
+            serve.run(wire(settings), name=name, route_prefix=f"/{name}", blocking=False)
+            url = f"{base}/{name}/v1/classify"
+            wait_healthy(url)
+            points = levels if idle else [1]
+            results[name] = []
+            for c in points:
+                print(f"{name} c={c} ...", flush=True)
+                results[name].append(wrk(url, c, args.seconds, body, script))
+            serve.delete(name)
+        serve.run(build_peer(Settings()), name="peer", route_prefix="/peer", blocking=False)
+        url = f"{base}/peer/v1/classify"
+        wait_healthy(url)
+        results["peer"] = []
+        for c in levels:
+            print(f"peer c={c} ...", flush=True)
+            results["peer"].append(wrk(url, c, args.seconds, body, script))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+        },
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "raw": raw,
+        "raw_best_images_per_s": best_raw,
+        "results": results,
+    }
+    (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
+    print_table(report)
+    plot(report, out_dir / "bench.png")
+
+
+def print_table(report: dict) -> None:
+    raw = report["raw_best_images_per_s"]
+    print(
+        f"\nraw limit: {raw:.1f} images/s (best batch); single image "
+        f"{report['raw']['single_image_ms_p50']:.1f} ms"
+    )
+    peer = {p["concurrency"]: p for p in report["results"].get("peer", [])}
+    print("| system | c | images/s | p50 ms | p95 ms | p99 ms | errors | /raw | /peer |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, points in report["results"].items():
+        for p in points:
+            other = peer.get(p["concurrency"])
+            vs_peer = p["images_per_s"] / other["images_per_s"] if other else float("nan")
+            print(
+                f"| {name} | {p['concurrency']} | {p['images_per_s']:.1f} | "
+                f"{p['p50_ms']:.1f} | {p['p95_ms']:.1f} | {p['p99_ms']:.1f} | "
+                f"{p['errors']} | {p['images_per_s'] / raw:.2f} | {vs_peer:.2f} |"
+            )
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in ("pipeline", "peer"):
+        points = report["results"].get(name, [])
+        xs = [p["concurrency"] for p in points]
+        left.plot(xs, [p["images_per_s"] for p in points], marker="o", label=name)
+        right.plot(xs, [p["p99_ms"] for p in points], marker="o", label=name)
+    left.axhline(report["raw_best_images_per_s"], linestyle="--", color="grey", label="raw")
+    left.set(xlabel="concurrency", ylabel="images/s", xscale="log", title="throughput")
+    right.set(xlabel="concurrency", ylabel="p99 ms", xscale="log", title="p99 latency")
+    left.legend()
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
