@@ -6,7 +6,6 @@ It shares the model wrapper, preprocessing and post-processing with the pipeline
 so the comparison isolates the architecture.
 """
 
-
 import asyncio
 import base64
 
