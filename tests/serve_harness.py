@@ -117,11 +117,16 @@ def delete_queue(settings: Settings, queue: str) -> None:
     asyncio.run(_with_channel(settings, delete))
 
 
-def delete_app_queues(app: App) -> None:
-    """Every durable queue an app declares: requests, dead letters, webhook outbox."""
-    for queue in (
+def app_queues(app: App) -> tuple[str, ...]:
+    """Every durable queue an app declares: requests first, then dead letters and the
+    webhook outbox."""
+    return (
         app.settings.request_queue,
         app.settings.dead_letter_queue,
         app.settings.webhook_queue,
-    ):
+    )
+
+
+def delete_app_queues(app: App) -> None:
+    for queue in app_queues(app):
         delete_queue(app.settings, queue)

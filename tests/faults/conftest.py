@@ -25,6 +25,7 @@ from tests.faults.chaos import drain, ensure_broker_running
 from tests.faults.load import record
 from tests.serve_harness import (
     App,
+    app_queues,
     delete_queue,
     deploy,
     queue_depth,
@@ -117,22 +118,14 @@ def fault_app(serve_base_url: str) -> Iterator[Callable[..., App]]:
             failures.append(str(exc))
             drained_s = float("nan")
         serve.delete(app.name)
-        others = [
-            queue
-            for queue in (
-                app.settings.dead_letter_queue,
-                # The webhook outbox, where the app has one.
-                getattr(app.settings, "webhook_queue", None),
-            )
-            if queue
-        ]
+        others = app_queues(app)[1:]
         try:
             left = queue_depth(app.settings, app.settings.request_queue)
             # Reported, not asserted: dead letters are answered by the consumers, and a
             # webhook still being retried at the delete goes back to its outbox.
             rest = {queue.rsplit(".", 1)[-1]: _depth(app, queue) for queue in others}
         finally:
-            for queue in [app.settings.request_queue, *others]:
+            for queue in app_queues(app):
                 with contextlib.suppress(Exception):
                     delete_queue(app.settings, queue)
         print(
