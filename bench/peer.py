@@ -21,6 +21,10 @@ from rabbit_serve.settings import Settings
 
 peer_app = FastAPI(title="plain Serve peer")
 
+# As many batches at once as the pipeline keeps in flight, each on the same ONNX
+# Runtime threads: the tuning that @serve.batch's documentation offers a user.
+CONCURRENT_BATCHES: int = Settings.model_fields["max_batches_in_flight"].default
+
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
 class PeerClassifier:
@@ -31,8 +35,10 @@ class PeerClassifier:
             intra_op_threads=settings.ort_intra_op_threads,
             allow_spinning=settings.ort_allow_spinning,
         )
+        self.classify.set_max_batch_size(settings.max_batch_size)
+        self.classify.set_batch_wait_timeout_s(settings.batch_timeout)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
     async def classify(self, images: list[bytes]) -> list[object]:
         outcomes = await asyncio.to_thread(self._model.classify, images, [5] * len(images))
         return [o if not isinstance(o, ErrorInfo) else {"error": o.message} for o in outcomes]

@@ -12,17 +12,22 @@ writes JSON and a PNG under bench-results/.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import os
 import platform
 import re
+import resource
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -35,6 +40,7 @@ import httpx
 import ray
 from ray import serve
 
+from bench.cpu import cpu_per_request_ms, snapshot
 from bench.peer import build_peer
 from deployments.app import wire
 from deployments.onnx_model import OnnxClassifier
@@ -55,31 +61,72 @@ end
 """
 
 
-def raw_limit(seconds: float) -> dict[str, float]:
-    """Images/s of decode + preprocess + inference in this process, per batch size."""
-    model = OnnxClassifier(Settings().model_path)
-    image = IMAGE.read_bytes()
-    out: dict[str, float] = {}
-    single = []
-    for _ in range(20):
-        started = time.perf_counter()
-        model.classify([image], [5])
-        single.append(time.perf_counter() - started)
-    out["single_image_ms_p50"] = sorted(single)[len(single) // 2] * 1000
-    for batch in (1, 4, 8, 16, 32):
-        images, top_ks = [image] * batch, [5] * batch
-        model.classify(images, top_ks)
-        count, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
+def _raw_point(
+    model: OnnxClassifier, image: bytes, batch: int, streams: int, seconds: float
+) -> tuple[float, float]:
+    """Images/s and CPU ms per image of ``streams`` threads calling classify in a loop."""
+    images, top_ks = [image] * batch, [5] * batch
+    model.classify(images, top_ks)
+    counts = [0] * streams
+    stop = time.perf_counter() + seconds
+
+    def loop(i: int) -> None:
+        while time.perf_counter() < stop:
             model.classify(images, top_ks)
-            count += batch
-        out[f"batch_{batch}"] = count / (time.perf_counter() - started)
-    model.close()
+            counts[i] += batch
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    count = sum(counts)
+    cpu_ms = (time.process_time() - cpu_started) * 1000 / count
+    return count / (time.perf_counter() - started), cpu_ms
+
+
+def raw_limit(seconds: float) -> dict[str, Any]:
+    """ONNX Runtime alone, decode + preprocess + inference, in this process: the best
+    images/s over batch sizes and two thread layouts (one batch at a time on every
+    core, or one batch per core on one thread each), and the single-image latency."""
+    image = IMAGE.read_bytes()
+    cores = os.cpu_count() or 1
+    layouts = {"all_cores_one_batch": (0, 1), f"one_thread_{cores}_batches": (1, cores)}
+    out: dict[str, Any] = {"points": [], "single_image_ms_p50": float("inf")}
+    best = 0.0
+    for layout, (threads, streams) in layouts.items():
+        model = OnnxClassifier(Settings().model_path, intra_op_threads=threads)
+        single = []
+        for _ in range(30):
+            started = time.perf_counter()
+            model.classify([image], [5])
+            single.append(time.perf_counter() - started)
+        out["single_image_ms_p50"] = min(
+            out["single_image_ms_p50"], statistics.median(single) * 1000
+        )
+        for batch in (1, 4, 8, 16, 32):
+            rate, cpu_ms = _raw_point(model, image, batch, streams, seconds)
+            out["points"].append(
+                {"layout": layout, "batch": batch, "images_per_s": rate, "cpu_ms_per_image": cpu_ms}
+            )
+            if rate > best:
+                best = rate
+                # What an image costs the model itself: the floor for any serving stack.
+                out.update(best_images_per_s=rate, cpu_ms_per_image=cpu_ms, best=(layout, batch))
+        model.close()
     return out
 
 
-def wrk(url: str, concurrency: int, seconds: int, body: Path, script: Path) -> dict[str, float]:
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wrk(url: str, concurrency: int, seconds: int, body: Path, script: Path) -> dict[str, Any]:
+    """One load point: wrk's figures, plus CPU per request and memory by role."""
     threads = min(concurrency, 2)
+    before, wrk_before = snapshot(), _children_cpu_s()
     result = subprocess.run(
         [
             "wrk",
@@ -97,10 +144,14 @@ def wrk(url: str, concurrency: int, seconds: int, body: Path, script: Path) -> d
         env={**os.environ, "BENCH_BODY": str(body)},
         check=True,
     )
+    after = snapshot()
     match = re.search(r"RESULT (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)", result.stdout)
     if not match:
         raise RuntimeError(f"wrk printed no result:\n{result.stdout}\n{result.stderr}")
     requests, errors, duration_us = (int(match[i]) for i in (1, 2, 3))
+    cpu = cpu_per_request_ms(before, after, requests)
+    # wrk has exited by the second snapshot; its CPU comes from the rusage of children.
+    cpu["load_generator"] = (_children_cpu_s() - wrk_before) * 1000 / max(requests, 1)
     return {
         "concurrency": concurrency,
         "images_per_s": (requests - errors) / (duration_us / 1e6),
@@ -108,7 +159,25 @@ def wrk(url: str, concurrency: int, seconds: int, body: Path, script: Path) -> d
         "p50_ms": float(match[4]),
         "p95_ms": float(match[5]),
         "p99_ms": float(match[6]),
+        "cpu_ms_per_request": {k: round(v, 3) for k, v in cpu.items()},
+        "rss_mb": {k: round(v) for k, v in after.rss_mb.items()},
     }
+
+
+# Serve's throughput-optimized mode runs a handle's router on the caller's event loop,
+# so the driver keeps one loop alive on a thread for its handle calls.
+_LOOP = asyncio.new_event_loop()
+threading.Thread(target=_LOOP.run_forever, daemon=True).start()
+
+
+def batch_sizes(app: str) -> dict[int, int]:
+    """How many batches of each size the (single) consumer of ``app`` has sent so far."""
+
+    async def ask() -> dict[int, int]:
+        consumers = serve.get_deployment_handle("BatchingConsumer", app_name=app)
+        return (await consumers.stats.remote())["batch_sizes"]
+
+    return asyncio.run_coroutine_threadsafe(ask(), _LOOP).result(timeout=30)
 
 
 def wait_healthy(url: str) -> None:
@@ -127,15 +196,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10, help="per load point")
     parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument(
+        "--systems",
+        default="pipeline,pipeline_no_idle_dispatch,peer",
+        help="which of pipeline, pipeline_no_idle_dispatch and peer to run",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench-results"))
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    systems = set(args.systems.split(","))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     print("raw limit ...", flush=True)
-    raw = raw_limit(min(args.seconds, 5))
-    best_raw = max(v for k, v in raw.items() if k.startswith("batch_"))
+    raw = raw_limit(min(args.seconds, 3))
+    best_raw = raw["best_images_per_s"]
 
     work = Path(tempfile.mkdtemp())
     body = work / "body.json"
@@ -157,9 +232,11 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
     run_id = os.urandom(4).hex()
-    results: dict[str, list[dict[str, float]]] = {}
+    results: dict[str, list[dict[str, Any]]] = {}
     try:
         for name, idle in (("pipeline", True), ("pipeline_no_idle_dispatch", False)):
+            if name not in systems:
+                continue
             settings = Settings(
                 request_queue=f"rabbit-serve-bench-{run_id}.{name}.requests",
                 dead_letter_queue=f"rabbit-serve-bench-{run_id}.{name}.dead",
@@ -174,15 +251,24 @@ def main() -> None:
             results[name] = []
             for c in points:
                 print(f"{name} c={c} ...", flush=True)
-                results[name].append(wrk(url, c, args.seconds, body, script))
+                sizes_before = batch_sizes(name)
+                point = wrk(url, c, args.seconds, body, script)
+                sizes = batch_sizes(name)
+                point["batch_sizes"] = {
+                    int(k): n - sizes_before.get(k, 0)
+                    for k, n in sorted(sizes.items())
+                    if n > sizes_before.get(k, 0)
+                }
+                results[name].append(point)
             serve.delete(name)
-        serve.run(build_peer(Settings()), name="peer", route_prefix="/peer", blocking=False)
-        url = f"{base}/peer/v1/classify"
-        wait_healthy(url)
-        results["peer"] = []
-        for c in levels:
-            print(f"peer c={c} ...", flush=True)
-            results["peer"].append(wrk(url, c, args.seconds, body, script))
+        if "peer" in systems:
+            serve.run(build_peer(Settings()), name="peer", route_prefix="/peer", blocking=False)
+            url = f"{base}/peer/v1/classify"
+            wait_healthy(url)
+            results["peer"] = []
+            for c in levels:
+                print(f"peer c={c} ...", flush=True)
+                results["peer"].append(wrk(url, c, args.seconds, body, script))
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -207,23 +293,49 @@ def main() -> None:
     plot(report, out_dir / "bench.png")
 
 
+SERVING_ROLES = ("ingress", "http_proxy", "broker", "consumer", "classifier", "ray_daemons")
+
+
+def mean_batch(sizes: dict[int, int]) -> float:
+    batches = sum(sizes.values())
+    return sum(int(k) * n for k, n in sizes.items()) / batches if batches else float("nan")
+
+
 def print_table(report: dict) -> None:
     raw = report["raw_best_images_per_s"]
+    raw_cpu = report["raw"]["cpu_ms_per_image"]
     print(
-        f"\nraw limit: {raw:.1f} images/s (best batch); single image "
-        f"{report['raw']['single_image_ms_p50']:.1f} ms"
+        f"\nraw limit: {raw:.1f} images/s ({report['raw']['best'][0]}, batch "
+        f"{report['raw']['best'][1]}), {raw_cpu:.1f} ms CPU per image; "
+        f"single image {report['raw']['single_image_ms_p50']:.1f} ms"
     )
     peer = {p["concurrency"]: p for p in report["results"].get("peer", [])}
-    print("| system | c | images/s | p50 ms | p95 ms | p99 ms | errors | /raw | /peer |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| system | c | images/s | p50 ms | p95 ms | p99 ms | errors | /raw | /peer "
+        "| mean batch | CPU ms/req | over raw | RSS MB |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, points in report["results"].items():
         for p in points:
             other = peer.get(p["concurrency"])
             vs_peer = p["images_per_s"] / other["images_per_s"] if other else float("nan")
+            cpu = sum(p["cpu_ms_per_request"].get(r, 0.0) for r in SERVING_ROLES)
             print(
                 f"| {name} | {p['concurrency']} | {p['images_per_s']:.1f} | "
                 f"{p['p50_ms']:.1f} | {p['p95_ms']:.1f} | {p['p99_ms']:.1f} | "
-                f"{p['errors']} | {p['images_per_s'] / raw:.2f} | {vs_peer:.2f} |"
+                f"{p['errors']} | {p['images_per_s'] / raw:.2f} | {vs_peer:.2f} | "
+                f"{mean_batch(p.get('batch_sizes', {})):.1f} | {cpu:.1f} | "
+                f"{cpu - raw_cpu:.1f} | {sum(p['rss_mb'].values()):.0f} |"
+            )
+    print("\nCPU ms per request by role (load generator shown apart):")
+    print("| system | c | " + " | ".join(SERVING_ROLES) + " | load generator |")
+    print("|---|---:|" + "---:|" * (len(SERVING_ROLES) + 1))
+    for name, points in report["results"].items():
+        for p in points:
+            cpu = p["cpu_ms_per_request"]
+            cells = " | ".join(f"{cpu.get(r, 0.0):.2f}" for r in SERVING_ROLES)
+            print(
+                f"| {name} | {p['concurrency']} | {cells} | {cpu.get('load_generator', 0.0):.2f} |"
             )
 
 

@@ -61,6 +61,16 @@ def request_start(header: str | None, now: float) -> float:
 
 def decode_base64_image(value: str, max_bytes: int, what: str = "image") -> bytes:
     """Strict base64 (standard or URL-safe alphabet), size-checked before decoding."""
+    if 0 < len(value) * 3 // 4 <= max_bytes + 2:
+        # Canonical base64, what almost every client sends, decodes in one C pass; the
+        # regex clean-up below tripled the ingress's parse time on a 35 KB JPEG.
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            pass
+        else:
+            if data and len(data) <= max_bytes:
+                return data
     value = _DATA_URI.sub("", value.strip(), count=1)
     value = _WHITESPACE.sub("", value)
     if not value:

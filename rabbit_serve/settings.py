@@ -105,7 +105,11 @@ class Settings(BaseSettings):
     )
     model_name: str = Field("efficientnet-lite0", description="Name reported to clients.")
     ort_intra_op_threads: int = Field(
-        0, ge=0, description="ONNX Runtime intra-op threads; 0 lets ONNX Runtime decide."
+        1,
+        ge=0,
+        description="ONNX Runtime threads per batch; 0 lets ONNX Runtime use every core. "
+        "Batches run side by side (MAX_BATCHES_IN_FLIGHT), so 1 keeps the cores busy "
+        "without threads waiting on each other.",
     )
     ort_allow_spinning: bool = Field(
         False,

@@ -58,6 +58,20 @@ def test_urlsafe_unpadded_and_wrapped_base64_are_accepted():
     assert decode_base64_image(wrapped, 10**6) == COFFEE
 
 
+def test_canonical_base64_is_held_to_the_exact_size_limit():
+    assert decode_base64_image(B64, len(COFFEE)) == COFFEE
+    with pytest.raises(ClientError) as info:
+        decode_base64_image(B64, len(COFFEE) - 1)
+    assert info.value.status == 413
+
+
+@pytest.mark.parametrize("bad", ["abc$", "QUJD\x00", "=QUJD", "QU JD*"])
+def test_invalid_base64_is_a_400_whichever_path_reads_it(bad):
+    with pytest.raises(ClientError) as info:
+        decode_base64_image(bad, 10**6)
+    assert info.value.status == 400
+
+
 @pytest.mark.parametrize(
     "raw,status,fragment",
     [
