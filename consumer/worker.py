@@ -16,9 +16,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import aio_pika
 import httpx
@@ -44,6 +44,7 @@ from rabbit_serve.messages import (
     MalformedMessage,
     dead_letter_reason,
     decode_task,
+    encode_reply,
 )
 from rabbit_serve.settings import Settings
 
@@ -60,6 +61,35 @@ class _Delivery:
     task: ClassifyTask
     message: AbstractIncomingMessage
     received_at: float  # wall clock, comparable with task.sent_at
+
+
+class _Answer(NamedTuple):
+    message: AbstractIncomingMessage
+    task: ClassifyTask
+    result: ClassifyResult
+
+
+def _result(
+    delivery: _Delivery,
+    outcome: list[Any] | ErrorInfo,
+    batch_size: int,
+    dispatched: float,
+    inference_ms: float,
+) -> ClassifyResult:
+    task = delivery.task
+    return ClassifyResult(
+        id=task.id,
+        request_id=task.request_id,
+        index=task.index,
+        predictions=None if isinstance(outcome, ErrorInfo) else outcome,
+        error=outcome if isinstance(outcome, ErrorInfo) else None,
+        batch_size=batch_size,
+        timings_ms={
+            "queue": (delivery.received_at - task.sent_at) * 1000,
+            "batch_wait": (dispatched - delivery.received_at) * 1000,
+            "inference": inference_ms,
+        },
+    )
 
 
 @serve.deployment(
@@ -255,73 +285,77 @@ class BatchingConsumer:
                     await delivery.message.nack(requeue=True)
             return
         inference_ms = (time.time() - dispatched) * 1000
+        await self._hand_back(
+            [
+                _Answer(
+                    d.message, d.task, _result(d, outcome, len(batch), dispatched, inference_ms)
+                )
+                for d, outcome in zip(batch, outcomes, strict=True)
+            ]
+        )
+
+    async def _hand_back(self, answers: list[_Answer]) -> None:
+        """Hand results back, then ack: never the other way round.
+
+        The results bound for one ingress replica leave in a single reply message, so a
+        batch costs one publish and one delivery per replica instead of one per image;
+        webhook results go one by one to the durable outbox.
+        """
+        replies: dict[str, list[_Answer]] = defaultdict(list)
+        webhooks: list[_Answer] = []
+        for answer in answers:
+            if answer.task.callback_url:
+                webhooks.append(answer)
+            else:
+                replies[answer.task.reply_to or ""].append(answer)
         await asyncio.gather(
             *(
-                self._hand_back(delivery, outcome, len(batch), dispatched, inference_ms)
-                for delivery, outcome in zip(batch, outcomes, strict=True)
-            )
-        )
-
-    async def _hand_back(
-        self,
-        delivery: _Delivery,
-        outcome: list[Any] | ErrorInfo,
-        batch_size: int,
-        dispatched: float,
-        inference_ms: float,
-    ) -> None:
-        task = delivery.task
-        result = ClassifyResult(
-            id=task.id,
-            request_id=task.request_id,
-            index=task.index,
-            predictions=None if isinstance(outcome, ErrorInfo) else outcome,
-            error=outcome if isinstance(outcome, ErrorInfo) else None,
-            batch_size=batch_size,
-            timings_ms={
-                "queue": (delivery.received_at - task.sent_at) * 1000,
-                "batch_wait": (dispatched - delivery.received_at) * 1000,
-                "inference": inference_ms,
-            },
-        )
-        await self._finish(delivery.message, task, result)
-
-    async def _finish(
-        self, message: AbstractIncomingMessage, task: ClassifyTask, result: ClassifyResult
-    ) -> None:
-        """Hand the result back, then ack: never the other way round."""
-        try:
-            if task.callback_url:
-                # Durably handed to the outbox (confirmed), so the request can be acked now.
-                await self._channel.default_exchange.publish(
+                self._settle(
+                    group,
+                    "answered",
                     aio_pika.Message(
-                        result.to_json(),
-                        message_id=task.id,
+                        encode_reply([a.result for a in group]), content_type=RESULT_CONTENT_TYPE
+                    ),
+                    queue,
+                )
+                for queue, group in replies.items()
+            ),
+            *(
+                self._settle(
+                    [answer],
+                    "webhook_queued",
+                    aio_pika.Message(
+                        answer.result.to_json(),
+                        message_id=answer.task.id,
                         content_type=RESULT_CONTENT_TYPE,
-                        headers={H_CALLBACK_URL: task.callback_url},
+                        headers={H_CALLBACK_URL: answer.task.callback_url},
+                        # Durably handed to the outbox (confirmed): the request can be acked.
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     ),
-                    routing_key=self._settings.webhook_queue,
+                    self._settings.webhook_queue,
                 )
-                self._count("webhook_queued")
-            else:
-                await self._channel.default_exchange.publish(
-                    aio_pika.Message(
-                        result.to_json(),
-                        correlation_id=task.id,
-                        content_type=RESULT_CONTENT_TYPE,
-                    ),
-                    routing_key=task.reply_to or "",
-                )
-                self._count("answered")
-            self._answered.add(task.id)
-            await message.ack()
+                for answer in webhooks
+            ),
+        )
+
+    async def _settle(
+        self, answers: list[_Answer], outcome: str, message: aio_pika.Message, routing_key: str
+    ) -> None:
+        """Publish (confirmed) what answers these requests, then ack them."""
+        try:
+            await self._channel.default_exchange.publish(message, routing_key=routing_key)
+            self._count(outcome, len(answers))
+            for answer in answers:
+                self._answered.add(answer.task.id)
+                await answer.message.ack()
         except Exception:
             # The connection dropped between result and ack: the broker redelivers the
-            # message to a live consumer, so nothing is lost (the ingress ignores a
+            # messages to a live consumer, so nothing is lost (the ingress ignores a
             # second result for the same task).
-            logger.exception("could not hand back %s; it will be redelivered", task.id)
-            self._count("handback_failed")
+            logger.exception(
+                "could not hand back %d result(s); they will be redelivered", len(answers)
+            )
+            self._count("handback_failed", len(answers))
 
     # -- webhooks ----------------------------------------------------------------------------
 
@@ -377,4 +411,4 @@ class BatchingConsumer:
                 " times; retry later",
             ),
         )
-        await self._finish(message, task, result)
+        await self._hand_back([_Answer(message, task, result)])

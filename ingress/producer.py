@@ -18,7 +18,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, Abstrac
 
 from rabbit_serve import broker
 from rabbit_serve.errors import ServiceUnavailable
-from rabbit_serve.messages import AmqpMessage, ClassifyResult, MalformedMessage
+from rabbit_serve.messages import AmqpMessage, ClassifyResult, MalformedMessage, decode_reply
 from rabbit_serve.settings import Settings
 
 logger = logging.getLogger("rabbit_serve.ingress")
@@ -86,12 +86,13 @@ class Producer:
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         try:
-            result = ClassifyResult.from_json(message.body)
+            results = decode_reply(message.body)
         except MalformedMessage as exc:
             self.malformed_results += 1
-            logger.warning("dropping malformed result: %s", exc)
+            logger.warning("dropping malformed reply: %s", exc)
             return
-        self._on_result(result)
+        for result in results:
+            self._on_result(result)
 
     async def publish(self, message: AmqpMessage) -> None:
         """Publish and wait for the broker's confirm; raises :class:`ServiceUnavailable`."""

@@ -3,12 +3,15 @@
 A request travels as one AMQP message per image: the body is the raw encoded
 image (no base64, no JSON around it) and everything else rides in AMQP
 properties and headers, so a consumer reads metadata without parsing the body.
-A result travels back as a small JSON document.
+A result travels back as a small JSON document; the results of one batch that
+belong to the same ingress replica travel together as one JSON array (one publish
+and one delivery per batch, not per image).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -195,6 +198,13 @@ class ClassifyResult:
     def from_json(cls, data: bytes) -> ClassifyResult:
         try:
             raw = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedMessage(f"undecodable result: {exc}") from exc
+        return cls.from_dict(raw)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> ClassifyResult:
+        try:
             error = raw.get("error")
             return cls(
                 id=str(raw["id"]),
@@ -205,5 +215,23 @@ class ClassifyResult:
                 batch_size=int(raw.get("batch_size", 0)),
                 timings_ms=dict(raw.get("timings_ms") or {}),
             )
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MalformedMessage(f"undecodable result: {exc}") from exc
+
+
+def encode_reply(results: Sequence[ClassifyResult]) -> bytes:
+    """One reply message carrying several results for the same ingress replica."""
+    return orjson.dumps([r.to_dict() for r in results])
+
+
+def decode_reply(data: bytes) -> list[ClassifyResult]:
+    """The results in a reply: a JSON array of results, or a single result object."""
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedMessage(f"undecodable reply: {exc}") from exc
+    if isinstance(raw, list):
+        if not raw:
+            raise MalformedMessage("empty reply")
+        return [ClassifyResult.from_dict(item) for item in raw]
+    return [ClassifyResult.from_dict(raw)]

@@ -12,9 +12,9 @@ from ingress.producer import Producer
 from rabbit_serve import broker
 from rabbit_serve.errors import ServiceUnavailable
 from rabbit_serve.messages import (
-    ClassifyResult,
     ClassifyTask,
     dead_letter_reason,
+    decode_reply,
     encode_task,
 )
 from rabbit_serve.settings import Settings
@@ -166,7 +166,7 @@ async def test_consumer_answers_dead_lettered_work_with_an_error(main_app, main_
         message.headers["x-first-death-reason"] = "delivery_limit"
         await channel.default_exchange.publish(message, routing_key=settings.dead_letter_queue)
         reply = await asyncio.wait_for(_first(replies), timeout=20)
-    result = ClassifyResult.from_json(reply)
+    (result,) = decode_reply(reply)
     assert result.id == task.id and result.predictions is None
     assert result.error is not None and result.error.status == 503
     assert "could not be classified" in result.error.message

@@ -8,7 +8,9 @@ from rabbit_serve.messages import (
     ClassifyResult,
     ErrorInfo,
     MalformedMessage,
+    decode_reply,
     decode_task,
+    encode_reply,
     encode_task,
 )
 from tests.factories import make_task
@@ -119,3 +121,18 @@ def test_result_json_roundtrip_success_and_error():
 def test_undecodable_results_are_malformed(data):
     with pytest.raises(MalformedMessage):
         ClassifyResult.from_json(data)
+
+
+def test_a_reply_carries_a_batch_of_results_or_a_single_one():
+    results = [
+        ClassifyResult(f"t{i}", "r", i, predictions=[], batch_size=3, timings_ms={"x": 1.0})
+        for i in range(3)
+    ]
+    assert decode_reply(encode_reply(results)) == results
+    assert decode_reply(results[0].to_json()) == results[:1]
+
+
+@pytest.mark.parametrize("data", [b"", b"[", b"[]", b"[1]", b'[{"id": "a"}]', b"5"])
+def test_undecodable_replies_are_malformed(data):
+    with pytest.raises(MalformedMessage):
+        decode_reply(data)
