@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from rabbit_serve.errors import ClientError
 from rabbit_serve.preprocessing import (
@@ -104,3 +104,30 @@ def test_formats_outside_the_allowlist_are_refused_from_the_header():
     with pytest.raises(ClientError) as err:
         inspect_image(eps, MAX_PIXELS)
     assert err.value.status == 422 and "supported format" in err.value.message
+
+
+def _resize_then_crop(image: Image.Image) -> np.ndarray:
+    """The contract written the slow, obvious way."""
+    width, height = image.size
+    scale = 256 / min(width, height)
+    size = (max(224, round(width * scale)), max(224, round(height * scale)))
+    resized = image.resize(size, Image.Resampling.BILINEAR)
+    left, top = (size[0] - 224) // 2, (size[1] - 224) // 2
+    return np.asarray(resized.crop((left, top, left + 224, top + 224)), dtype=np.int16)
+
+
+@pytest.mark.parametrize("size", [(451, 300), (300, 451), (224, 224), (100, 80), (1920, 1080)])
+def test_one_pass_resize_matches_resize_then_crop(size):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(2))
+    fast = np.asarray(resize_and_crop(image), dtype=np.int16)
+    assert np.abs(fast - _resize_then_crop(image)).max() <= 1
+
+
+def test_to_tensor_is_the_model_normalisation():
+    pixels = np.arange(224 * 224 * 3, dtype=np.uint32).reshape(224, 224, 3) % 256
+    tensor = to_tensor(Image.fromarray(pixels.astype(np.uint8)))
+    expected = (pixels.astype(np.float32) - 127) / 128
+    assert tensor.dtype == np.float32
+    assert np.array_equal(tensor, expected.transpose(2, 0, 1))
