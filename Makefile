@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run stop test test-unit test-integration test-faults bench lint format export-model clean
+.PHONY: install run stop test test-unit test-integration test-faults bench bench-scale lint format export-model clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,13 @@ bench: $(STAMP)
 	@scripts/ensure_broker.sh
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench.run
+
+## Throughput against classifier replicas and consumers on a simulated 3-node cluster.
+bench-scale: $(STAMP)
+	@command -v wrk >/dev/null || { echo "bench-scale needs wrk: apt-get install -y wrk"; exit 1; }
+	@scripts/ensure_broker.sh
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m bench.scale
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

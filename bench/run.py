@@ -19,7 +19,6 @@ import os
 import platform
 import re
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,14 +36,13 @@ os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
 os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
 
 import httpx
-import ray
 from ray import serve
 
 from bench.cpu import cpu_per_request_ms, snapshot
 from bench.peer import build_peer
-from deployments.app import wire
 from deployments.onnx_model import OnnxClassifier
 from rabbit_serve.settings import Settings
+from tests.serve_harness import delete_app_queues, deploy, start_cluster, stop_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = ROOT / "examples" / "images" / "chelsea.jpg"
@@ -180,6 +178,19 @@ def batch_sizes(app: str) -> dict[int, int]:
     return asyncio.run_coroutine_threadsafe(ask(), _LOOP).result(timeout=30)
 
 
+def pipeline_point(
+    app: str, url: str, concurrency: int, seconds: int, body: Path, script: Path
+) -> dict[str, Any]:
+    """A load point on the pipeline, with the batch sizes its consumer formed meanwhile."""
+    before = batch_sizes(app)
+    point = wrk(url, concurrency, seconds, body, script)
+    after = batch_sizes(app)
+    point["batch_sizes"] = {
+        int(k): n - before.get(k, 0) for k, n in sorted(after.items()) if n > before.get(k, 0)
+    }
+    return point
+
+
 def wait_healthy(url: str) -> None:
     image = base64.b64encode(IMAGE.read_bytes()).decode()
     for _ in range(240):
@@ -218,49 +229,22 @@ def main() -> None:
     script = work / "post.lua"
     script.write_text(LUA)
 
-    ray.init(
-        address="local",
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        num_cpus=4,
-        object_store_memory=500 * 1024 * 1024,
-        log_to_driver=False,
-    )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    base = f"http://127.0.0.1:{port}"
-    run_id = os.urandom(4).hex()
+    base = start_cluster(log_to_driver=False)
     results: dict[str, list[dict[str, Any]]] = {}
     try:
         for name, idle in (("pipeline", True), ("pipeline_no_idle_dispatch", False)):
             if name not in systems:
                 continue
-            settings = Settings(
-                request_queue=f"rabbit-serve-bench-{run_id}.{name}.requests",
-                dead_letter_queue=f"rabbit-serve-bench-{run_id}.{name}.dead",
-                webhook_queue=f"rabbit-serve-bench-{run_id}.{name}.webhooks",
-                reply_queue_prefix=f"rabbit-serve-bench-{run_id}.{name}.replies",
-                dispatch_when_idle=idle,
-            )
-            serve.run(wire(settings), name=name, route_prefix=f"/{name}", blocking=False)
-            url = f"{base}/{name}/v1/classify"
+            app = deploy(name, f"/{name}", base, DISPATCH_WHEN_IDLE=idle)
+            url = f"{app.url}/v1/classify"
             wait_healthy(url)
             points = levels if idle else [1]
             results[name] = []
             for c in points:
                 print(f"{name} c={c} ...", flush=True)
-                sizes_before = batch_sizes(name)
-                point = wrk(url, c, args.seconds, body, script)
-                sizes = batch_sizes(name)
-                point["batch_sizes"] = {
-                    int(k): n - sizes_before.get(k, 0)
-                    for k, n in sorted(sizes.items())
-                    if n > sizes_before.get(k, 0)
-                }
-                results[name].append(point)
+                results[name].append(pipeline_point(name, url, c, args.seconds, body, script))
             serve.delete(name)
+            delete_app_queues(app)
         if "peer" in systems:
             serve.run(build_peer(Settings()), name="peer", route_prefix="/peer", blocking=False)
             url = f"{base}/peer/v1/classify"
@@ -270,8 +254,7 @@ def main() -> None:
                 print(f"peer c={c} ...", flush=True)
                 results["peer"].append(wrk(url, c, args.seconds, body, script))
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        stop_cluster()
 
     report = {
         "machine": {

@@ -23,12 +23,26 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     return wire(Settings.from_overrides(args))
 
 
-def wire(settings: Settings, *, ingress_replicas: int = 1) -> Application:
+def wire(
+    settings: Settings,
+    *,
+    ingress_replicas: int = 1,
+    classifier_replicas: int = 1,
+    classifier_actor_options: dict[str, Any] | None = None,
+) -> Application:
     """The deployment graph for ``settings``; for ``serve.run`` from Python.
 
-    Replica counts and resources set in a Serve config file take precedence.
+    ``classifier_actor_options`` are merged into the classifier's Ray actor options:
+    ``{"num_gpus": 1}`` places each replica on a GPU node. Replica counts and
+    resources set in a Serve config file take precedence.
     """
-    classifier = Classifier.bind(settings)
+    classifier = Classifier.options(
+        num_replicas=classifier_replicas,
+        ray_actor_options={
+            **(Classifier.ray_actor_options or {}),
+            **(classifier_actor_options or {}),
+        },
+    ).bind(settings)
     consumers = None
     if settings.num_consumers > 0:
         consumers = BatchingConsumer.options(num_replicas=settings.num_consumers).bind(

@@ -39,7 +39,12 @@ class Classifier:
         return await asyncio.to_thread(self._model.classify, images, top_ks)
 
     def info(self) -> dict[str, Any]:
-        return self._model.info()
+        """The model, and where this replica runs (which node, which GPUs Ray gave it)."""
+        return {
+            **self._model.info(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        }
 
     def __del__(self) -> None:
         model = getattr(self, "_model", None)

@@ -75,3 +75,5 @@ class ModelInfo(BaseModel):
     input_name: str
     input_shape: list[int | str | None]
     num_classes: int
+    node_id: str
+    gpu_ids: list[str]

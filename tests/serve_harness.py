@@ -42,9 +42,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_cluster(num_cpus: int = 4) -> str:
+def start_cluster(num_cpus: int = 4, log_to_driver: bool = True) -> str:
     """Start Ray and Serve on loopback; returns the HTTP base URL."""
     ray.init(
+        log_to_driver=log_to_driver,
         address="local",
         _node_ip_address="127.0.0.1",
         include_dashboard=False,
@@ -62,15 +63,23 @@ def stop_cluster() -> None:
     ray.shutdown()
 
 
+def queue_names(prefix: str) -> dict[str, str]:
+    """Setting overrides that give an app queues of its own, all named ``prefix.*``."""
+    return {
+        "REQUEST_QUEUE": f"{prefix}.requests",
+        "REPLY_QUEUE_PREFIX": f"{prefix}.replies",
+        "DEAD_LETTER_QUEUE": f"{prefix}.dead",
+        "WEBHOOK_QUEUE": f"{prefix}.webhooks",
+    }
+
+
 def deploy(
     name: str, route: str, base_url: str, ingress_replicas: int = 1, **overrides: Any
 ) -> App:
     """Deploy the full application under ``route``; queue names are unique to this run."""
-    overrides.setdefault("REQUEST_QUEUE", f"rabbit-serve-test-{RUN_ID}.{name}.requests")
-    overrides.setdefault("REPLY_QUEUE_PREFIX", f"rabbit-serve-test-{RUN_ID}.{name}.replies")
-    overrides.setdefault("DEAD_LETTER_QUEUE", f"rabbit-serve-test-{RUN_ID}.{name}.dead")
-    overrides.setdefault("WEBHOOK_QUEUE", f"rabbit-serve-test-{RUN_ID}.{name}.webhooks")
-    settings = Settings.from_overrides(overrides)
+    settings = Settings.from_overrides(
+        {**queue_names(f"rabbit-serve-test-{RUN_ID}.{name}"), **overrides}
+    )
     serve.run(
         wire(settings, ingress_replicas=ingress_replicas),
         name=name,

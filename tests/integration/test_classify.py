@@ -69,6 +69,7 @@ async def test_healthz_and_model_info(main_url, client):
     assert model["name"] == "efficientnet-lite0"
     assert model["provider"] == "CPUExecutionProvider"
     assert model["input_shape"][1:] == [3, 224, 224] and model["num_classes"] == 1000
+    assert len(model["node_id"]) > 0 and model["gpu_ids"] == []
 
 
 async def test_openapi_documents_both_body_kinds(main_url, client):

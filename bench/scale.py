@@ -1,0 +1,165 @@
+"""`make bench-scale`: throughput against classifier replicas and consumers on a
+multi-node Ray cluster simulated on this machine.
+
+Three raylets on loopback (``ray.cluster_utils.Cluster``): a head node that runs the
+ingress, the consumers and Serve's controller and proxy; a CPU worker node; and a
+worker node that advertises one GPU. Classifier replicas ask for a ``model_node``
+resource that only the workers have, so they never share the head's processes; the
+GPU layout asks for ``num_gpus: 1`` and is checked to land on the GPU node (this
+machine has no GPU, so that replica runs ONNX Runtime's CPU provider: it proves the
+placement, not GPU speed). Every node shares this machine's cores: the point is
+where CPU goes per request as replicas and consumers are added, which is what
+predicts a real cluster (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+
+import httpx
+import ray
+from ray import serve
+from ray.cluster_utils import Cluster
+
+from bench.run import (
+    IMAGE,
+    LUA,
+    ROOT,
+    SERVING_ROLES,
+    mean_batch,
+    pipeline_point,
+    wait_healthy,
+    wrk,
+)
+from deployments.app import wire
+from rabbit_serve.settings import Settings
+from tests.serve_harness import App, delete_app_queues, free_port, queue_names
+
+# (name, classifier replicas, consumers, actor options for the classifier)
+LAYOUTS: list[tuple[str, int, int, dict[str, Any]]] = [
+    ("1 classifier, 1 consumer", 1, 1, {"resources": {"model_node": 1}}),
+    ("2 classifiers, 1 consumer", 2, 1, {"resources": {"model_node": 1}}),
+    ("2 classifiers, 2 consumers", 2, 2, {"resources": {"model_node": 1}}),
+    ("1 GPU classifier, 1 consumer", 1, 1, {"num_gpus": 1}),
+]
+
+
+def start_cluster() -> tuple[Cluster, dict[str, str]]:
+    """Head + CPU worker + GPU worker on 127.0.0.1; returns node names by node id."""
+    common = {"node_ip_address": "127.0.0.1", "object_store_memory": 200 * 1024 * 1024}
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={**common, "num_cpus": 2, "include_dashboard": False},
+    )
+    cpu = cluster.add_node(**common, num_cpus=2, resources={"model_node": 2})
+    gpu = cluster.add_node(**common, num_cpus=2, num_gpus=1, resources={"model_node": 2})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    names = {
+        cluster.head_node.node_id: "head",
+        cpu.node_id: "cpu-worker",
+        gpu.node_id: "gpu-worker",
+    }
+    return cluster, names
+
+
+def placement(url: str, names: dict[str, str], replicas: int) -> list[str]:
+    """Where the classifier replicas answering ``GET /v1/model`` run."""
+    seen: dict[str, list[str]] = {}
+    for _ in range(10 * replicas):
+        info = httpx.get(f"{url}/v1/model", timeout=10).json()
+        seen[info["node_id"]] = info["gpu_ids"]
+    return sorted(
+        f"{names.get(node, node[:8])}" + (f" (GPU {','.join(gpus)})" if gpus else "")
+        for node, gpus in seen.items()
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--out", default=str(ROOT / "bench-results"))
+    args = parser.parse_args()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / "scale-work"
+    work.mkdir(exist_ok=True)
+    body, script = work / "body.json", work / "post.lua"
+    body.write_text(json.dumps({"image": base64.b64encode(IMAGE.read_bytes()).decode()}))
+    script.write_text(LUA)
+
+    cluster, names = start_cluster()
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+    run_id = os.urandom(4).hex()
+    points: list[dict[str, Any]] = []
+    try:
+        for i, (layout, classifiers, consumers, actor_options) in enumerate(LAYOUTS):
+            name = f"scale{i}"
+            settings = Settings.from_overrides(
+                {
+                    "NUM_CONSUMERS": consumers,
+                    **queue_names(f"rabbit-serve-scale-{run_id}.{name}"),
+                }
+            )
+            serve.run(
+                wire(
+                    settings,
+                    classifier_replicas=classifiers,
+                    classifier_actor_options=actor_options,
+                ),
+                name=name,
+                route_prefix=f"/{name}",
+                blocking=False,
+            )
+            url = f"http://127.0.0.1:{port}/{name}"
+            wait_healthy(f"{url}/v1/classify")
+            where = placement(url, names, classifiers)
+            print(f"{layout}: classifiers on {where} ...", flush=True)
+            wrk(f"{url}/v1/classify", args.concurrency, 3, body, script)  # warm-up
+            # With two consumers the batch sizes are those of whichever one answers.
+            point = pipeline_point(
+                name, f"{url}/v1/classify", args.concurrency, args.seconds, body, script
+            )
+            point.update(layout=layout, classifiers_on=where)
+            points.append(point)
+            serve.delete(name)
+            delete_app_queues(App(name, url, settings))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+
+    report = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "points": points}
+    (out_dir / "scale.json").write_text(json.dumps(report, indent=2))
+    print(
+        "\n| layout | classifiers on | images/s | p50 ms | p99 ms | errors | mean batch | "
+        + " | ".join(SERVING_ROLES)
+        + " |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(SERVING_ROLES))
+    for p in points:
+        cpu = p["cpu_ms_per_request"]
+        print(
+            f"| {p['layout']} | {', '.join(p['classifiers_on'])} | {p['images_per_s']:.1f} | "
+            f"{p['p50_ms']:.0f} | {p['p99_ms']:.0f} | {p['errors']} | "
+            f"{mean_batch(p.get('batch_sizes', {})):.1f} | "
+            + " | ".join(f"{cpu.get(r, 0.0):.2f}" for r in SERVING_ROLES)
+            + " |"
+        )
+
+
+if __name__ == "__main__":
+    main()
