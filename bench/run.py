@@ -1,12 +1,15 @@
 """`make bench`: the pipeline against the raw model and a plain Serve peer, in one run.
 
-1. Raw limit: ONNX Runtime alone (decode + preprocess + inference) at its best batch size.
-2. The pipeline over HTTP (wrk, Lua) at several concurrencies, with DISPATCH_WHEN_IDLE on,
-   plus concurrency 1 with it off.
+1. Raw limit: ONNX Runtime alone (decode + preprocess + inference), the best images/s
+   over batch sizes and thread layouts, and the single-image latency.
+2. The pipeline over HTTP (wrk, Lua) at several concurrencies, with DISPATCH_WHEN_IDLE on;
+   concurrency 1 with it off; concurrency 32 with the JPEG itself as the body.
 3. The plain Ray Serve peer (`bench/peer.py`) under the same load.
 
-Everything shares this machine's cores, the load generator too. Prints one table,
-writes JSON and a PNG under bench-results/.
+Each load point also records CPU milliseconds per request by role (from /proc), the
+memory of every process, and the batch sizes the consumer formed. Everything shares
+this machine's cores, the load generator too. Prints the tables, writes JSON and a PNG
+under bench-results/.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 IMAGE = ROOT / "examples" / "images" / "chelsea.jpg"
 LUA = """
 local f = io.open(os.getenv("BENCH_BODY"), "rb"); local body = f:read("*all"); f:close()
-wrk.method = "POST"; wrk.body = body; wrk.headers["Content-Type"] = "application/json"
+wrk.method = "POST"; wrk.body = body; wrk.headers["Content-Type"] = os.getenv("BENCH_TYPE")
 done = function(summary, latency, requests)
   io.write(string.format("RESULT %d %d %d %.3f %.3f %.3f\\n", summary.requests,
     summary.errors.status + summary.errors.connect + summary.errors.read
@@ -139,7 +142,11 @@ def wrk(url: str, concurrency: int, seconds: int, body: Path, script: Path) -> d
         ],
         capture_output=True,
         text=True,
-        env={**os.environ, "BENCH_BODY": str(body)},
+        env={
+            **os.environ,
+            "BENCH_BODY": str(body),
+            "BENCH_TYPE": "application/json" if body.suffix == ".json" else "image/jpeg",
+        },
         check=True,
     )
     after = snapshot()
@@ -209,8 +216,8 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32,64")
     parser.add_argument(
         "--systems",
-        default="pipeline,pipeline_no_idle_dispatch,peer",
-        help="which of pipeline, pipeline_no_idle_dispatch and peer to run",
+        default="pipeline,pipeline_no_idle_dispatch,pipeline_raw_body,peer",
+        help="which of pipeline, pipeline_no_idle_dispatch, pipeline_raw_body and peer to run",
     )
     parser.add_argument("--out", default=str(ROOT / "bench-results"))
     args = parser.parse_args()
@@ -232,17 +239,22 @@ def main() -> None:
     base = start_cluster(log_to_driver=False)
     results: dict[str, list[dict[str, Any]]] = {}
     try:
-        for name, idle in (("pipeline", True), ("pipeline_no_idle_dispatch", False)):
+        variants = (
+            ("pipeline", True, levels, body),
+            ("pipeline_no_idle_dispatch", False, [1], body),
+            # The same image sent as the file itself instead of base64 JSON.
+            ("pipeline_raw_body", True, [32], IMAGE),
+        )
+        for name, idle, points, payload in variants:
             if name not in systems:
                 continue
             app = deploy(name, f"/{name}", base, DISPATCH_WHEN_IDLE=idle)
             url = f"{app.url}/v1/classify"
             wait_healthy(url)
-            points = levels if idle else [1]
             results[name] = []
             for c in points:
                 print(f"{name} c={c} ...", flush=True)
-                results[name].append(pipeline_point(name, url, c, args.seconds, body, script))
+                results[name].append(pipeline_point(name, url, c, args.seconds, payload, script))
             serve.delete(name)
             delete_app_queues(app)
         if "peer" in systems:

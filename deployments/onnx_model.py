@@ -126,7 +126,11 @@ class OnnxClassifier:
 
     def classify(self, images: list[bytes], top_ks: list[int]) -> list[Outcome]:
         """One outcome per image: its predictions, or why it could not be classified."""
-        prepared = list(self._pool.map(self._preprocess_one, images))
+        # The calling thread decodes the first image itself instead of idling while the
+        # pool works: a lone image never changes threads at all.
+        rest = [self._pool.submit(self._preprocess_one, data) for data in images[1:]]
+        prepared = [self._preprocess_one(images[0])] if images else []
+        prepared += [future.result() for future in rest]
         good = [i for i, p in enumerate(prepared) if isinstance(p, np.ndarray)]
         outcomes: list[Outcome] = [p if isinstance(p, ErrorInfo) else [] for p in prepared]
         if good:

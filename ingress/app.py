@@ -38,6 +38,7 @@ logger = logging.getLogger("rabbit_serve.ingress")
 
 HEALTH_PROBE_TIMEOUT_S = 2.0
 MAX_MULTIPART_FILES = 1024
+RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 
 app = FastAPI(
     title="rabbit-serve",
@@ -74,8 +75,16 @@ _CLASSIFY_BODY = {
                     },
                 }
             },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         },
-    }
+        "description": "JSON with base64 images, a multipart upload, or the image file itself "
+        "(then top_k and callback_url go in the query string).",
+    },
+    "parameters": [
+        {"name": "top_k", "in": "query", "required": False, "schema": {"type": "integer"}},
+        {"name": "callback_url", "in": "query", "required": False, "schema": {"type": "string"}},
+    ],
 }
 
 
@@ -262,11 +271,20 @@ class Ingress:
         request = _limit_body(request, limit)
         if content_type.startswith("multipart/form-data"):
             return await self._parse_multipart(request)
+        if content_type.startswith(RAW_IMAGE_TYPES):
+            # The file itself as the body: no base64, no JSON, no multipart to parse.
+            return parse_upload(
+                [("request body", await request.body())],
+                request.query_params.get("top_k"),
+                request.query_params.get("callback_url"),
+                self._settings,
+            )
         if content_type and "json" not in content_type:
             raise ClientError(
                 415,
-                f"unsupported content type {content_type!r}; send application/json "
-                "or multipart/form-data",
+                f"unsupported content type {content_type!r}; send application/json, "
+                "multipart/form-data, or the image file itself as image/* or "
+                "application/octet-stream",
             )
         return parse_json(await request.body(), self._settings)
 

@@ -45,6 +45,39 @@ async def test_coffee_upload_is_espresso(main_url, client):
     assert len(predictions) == 2
 
 
+@pytest.mark.parametrize("content_type", ["image/jpeg", "application/octet-stream"])
+async def test_the_file_itself_as_the_body(main_url, client, content_type):
+    response = await client.post(
+        f"{main_url}/v1/classify",
+        params={"top_k": 2},
+        content=sample("coffee.jpg"),
+        headers={"content-type": content_type},
+    )
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert predictions[0]["class_id"] == ESPRESSO and len(predictions) == 2
+
+
+@pytest.mark.parametrize(
+    "body,params,status,fragment",
+    [
+        (b"not an image", {}, 422, "not an image"),
+        (b"", {}, 422, "empty"),
+        (None, {"top_k": "many"}, 422, "top_k"),
+        (None, {"callback_url": "ftp://x"}, 422, "callback_url"),
+    ],
+)
+async def test_bad_raw_bodies_are_4xx(main_url, client, body, params, status, fragment):
+    response = await client.post(
+        f"{main_url}/v1/classify",
+        params=params,
+        content=sample("coffee.jpg") if body is None else body,
+        headers={"content-type": "image/png"},
+    )
+    assert response.status_code == status, response.text
+    assert fragment in response.json()["detail"]
+
+
 async def test_several_images_in_one_request_keep_their_order(main_url, client):
     truncated = sample("chelsea.jpg")[:6000]
     images = [sample("coffee.jpg"), sample("chelsea.png"), truncated]
@@ -75,4 +108,4 @@ async def test_healthz_and_model_info(main_url, client):
 async def test_openapi_documents_both_body_kinds(main_url, client):
     schema = (await client.get(f"{main_url}/openapi.json")).json()
     body = schema["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
-    assert {"application/json", "multipart/form-data"} <= set(body)
+    assert {"application/json", "multipart/form-data", "image/*"} <= set(body)
