@@ -54,13 +54,17 @@ def _title(pid: str) -> str:
         return ""
 
 
-def snapshot() -> Snapshot:
+def snapshot(app: str | None = None) -> Snapshot:
+    """CPU seconds and RSS by role; with ``app``, other Serve apps' replicas are left out."""
     cpu: dict[str, float] = defaultdict(float)
     rss: dict[str, float] = defaultdict(float)
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
-        role = role_of(_title(pid))
+        title = _title(pid)
+        if app is not None and "ServeReplica:" in title and f"ServeReplica:{app}:" not in title:
+            continue
+        role = role_of(title)
         if role is None:
             continue
         try:

@@ -124,10 +124,13 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def wrk(url: str, concurrency: int, seconds: int, body: Path, script: Path) -> dict[str, Any]:
-    """One load point: wrk's figures, plus CPU per request and memory by role."""
+def wrk(
+    url: str, concurrency: int, seconds: int, body: Path, script: Path, app: str | None = None
+) -> dict[str, Any]:
+    """One load point: wrk's figures, plus CPU per request and memory by role (of ``app``'s
+    replicas and the shared processes)."""
     threads = min(concurrency, 2)
-    before, wrk_before = snapshot(), _children_cpu_s()
+    before, wrk_before = snapshot(app), _children_cpu_s()
     result = subprocess.run(
         [
             "wrk",
@@ -149,7 +152,7 @@ def wrk(url: str, concurrency: int, seconds: int, body: Path, script: Path) -> d
         },
         check=True,
     )
-    after = snapshot()
+    after = snapshot(app)
     match = re.search(r"RESULT (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)", result.stdout)
     if not match:
         raise RuntimeError(f"wrk printed no result:\n{result.stdout}\n{result.stderr}")
@@ -190,12 +193,37 @@ def pipeline_point(
 ) -> dict[str, Any]:
     """A load point on the pipeline, with the batch sizes its consumer formed meanwhile."""
     before = batch_sizes(app)
-    point = wrk(url, concurrency, seconds, body, script)
+    point = wrk(url, concurrency, seconds, body, script, app)
     after = batch_sizes(app)
     point["batch_sizes"] = {
         int(k): n - before.get(k, 0) for k, n in sorted(after.items()) if n > before.get(k, 0)
     }
     return point
+
+
+def median_point(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """One load point's rounds folded into medians (errors and batches are summed)."""
+
+    def median_of(values: list[dict[str, float]]) -> dict[str, float]:
+        keys = sorted(set().union(*values))
+        return {k: statistics.median(v.get(k, 0.0) for v in values) for k in keys}
+
+    out: dict[str, Any] = {"concurrency": points[0]["concurrency"], "rounds": len(points)}
+    for key in ("images_per_s", "p50_ms", "p95_ms", "p99_ms"):
+        out[key] = statistics.median(p[key] for p in points)
+    out["errors"] = sum(p["errors"] for p in points)
+    out["cpu_ms_per_request"] = median_of([p["cpu_ms_per_request"] for p in points])
+    out["rss_mb"] = median_of([p["rss_mb"] for p in points])
+    if any("batch_sizes" in p for p in points):
+        sizes: dict[int, int] = {}
+        for p in points:
+            for size, n in p.get("batch_sizes", {}).items():
+                sizes[int(size)] = sizes.get(int(size), 0) + n
+        out["batch_sizes"] = dict(sorted(sizes.items()))
+    out["each_round"] = [
+        {k: round(p[k], 1) for k in ("images_per_s", "p50_ms", "p99_ms")} for p in points
+    ]
+    return out
 
 
 def wait_healthy(url: str) -> None:
@@ -212,7 +240,8 @@ def wait_healthy(url: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=10, help="per load point")
+    parser.add_argument("--seconds", type=int, default=8, help="per load point and round")
+    parser.add_argument("--rounds", type=int, default=3, help="medians over this many rounds")
     parser.add_argument("--concurrency", default="1,8,32,64")
     parser.add_argument(
         "--systems",
@@ -237,7 +266,10 @@ def main() -> None:
     script.write_text(LUA)
 
     base = start_cluster(log_to_driver=False)
-    results: dict[str, list[dict[str, Any]]] = {}
+    # Every system is deployed at once and the rounds go through all of them in turn, so
+    # a slow spell of this (shared, virtual) machine hits all systems alike.
+    plan: list[tuple[str, str, int, Path, bool]] = []
+    apps = []
     try:
         variants = (
             ("pipeline", True, levels, body),
@@ -246,27 +278,33 @@ def main() -> None:
             ("pipeline_raw_body", True, [32], IMAGE),
         )
         for name, idle, points, payload in variants:
-            if name not in systems:
-                continue
-            app = deploy(name, f"/{name}", base, DISPATCH_WHEN_IDLE=idle)
-            url = f"{app.url}/v1/classify"
-            wait_healthy(url)
-            results[name] = []
-            for c in points:
-                print(f"{name} c={c} ...", flush=True)
-                results[name].append(pipeline_point(name, url, c, args.seconds, payload, script))
-            serve.delete(name)
-            delete_app_queues(app)
+            if name in systems:
+                apps.append(deploy(name, f"/{name}", base, DISPATCH_WHEN_IDLE=idle))
+                url = f"{apps[-1].url}/v1/classify"
+                plan += [(name, url, c, payload, True) for c in points]
         if "peer" in systems:
             serve.run(build_peer(Settings()), name="peer", route_prefix="/peer", blocking=False)
-            url = f"{base}/peer/v1/classify"
+            plan += [("peer", f"{base}/peer/v1/classify", c, body, False) for c in levels]
+        for url in dict.fromkeys(url for _, url, *_ in plan):
             wait_healthy(url)
-            results["peer"] = []
-            for c in levels:
-                print(f"peer c={c} ...", flush=True)
-                results["peer"].append(wrk(url, c, args.seconds, body, script))
+            wrk(url, 8, 2, body, script)  # warm-up
+        runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for round_ in range(1, args.rounds + 1):
+            for name, url, c, payload, is_pipeline in plan:
+                print(f"round {round_}/{args.rounds}: {name} c={c} ...", flush=True)
+                point = (
+                    pipeline_point(name, url, c, args.seconds, payload, script)
+                    if is_pipeline
+                    else wrk(url, c, args.seconds, payload, script, name)
+                )
+                runs.setdefault((name, c), []).append(point)
     finally:
+        for app in apps:
+            delete_app_queues(app)
         stop_cluster()
+    results: dict[str, list[dict[str, Any]]] = {}
+    for (name, _), points in runs.items():
+        results.setdefault(name, []).append(median_point(points))
 
     report = {
         "machine": {
@@ -279,6 +317,8 @@ def main() -> None:
             name: os.environ[name]
             for name in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY")
         },
+        "rounds": args.rounds,
+        "seconds_per_point": args.seconds,
         "raw": raw,
         "raw_best_images_per_s": best_raw,
         "results": results,
@@ -305,6 +345,7 @@ def print_table(report: dict) -> None:
         f"single image {report['raw']['single_image_ms_p50']:.1f} ms"
     )
     peer = {p["concurrency"]: p for p in report["results"].get("peer", [])}
+    print(f"medians of {report['rounds']} rounds of {report['seconds_per_point']} s per point")
     print(
         "| system | c | images/s | p50 ms | p95 ms | p99 ms | errors | /raw | /peer "
         "| mean batch | CPU ms/req | over raw | RSS MB |"
