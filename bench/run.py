@@ -266,41 +266,45 @@ def main() -> None:
     script.write_text(LUA)
 
     base = start_cluster(log_to_driver=False)
-    # Every system is deployed at once and the rounds go through all of them in turn, so
-    # a slow spell of this (shared, virtual) machine hits all systems alike.
-    plan: list[tuple[str, str, int, Path, bool]] = []
-    apps = []
+    # name: (DISPATCH_WHEN_IDLE, concurrencies, body); None is the peer.
+    variants: dict[str, tuple[bool, list[int], Path] | None] = {
+        "pipeline": (True, levels, body),
+        "pipeline_no_idle_dispatch": (False, [1], body),
+        # The same image sent as the file itself instead of base64 JSON.
+        "pipeline_raw_body": (True, [32], IMAGE),
+        "peer": None,
+    }
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     try:
-        variants = (
-            ("pipeline", True, levels, body),
-            ("pipeline_no_idle_dispatch", False, [1], body),
-            # The same image sent as the file itself instead of base64 JSON.
-            ("pipeline_raw_body", True, [32], IMAGE),
-        )
-        for name, idle, points, payload in variants:
-            if name in systems:
-                apps.append(deploy(name, f"/{name}", base, DISPATCH_WHEN_IDLE=idle))
-                url = f"{apps[-1].url}/v1/classify"
-                plan += [(name, url, c, payload, True) for c in points]
-        if "peer" in systems:
-            serve.run(build_peer(Settings()), name="peer", route_prefix="/peer", blocking=False)
-            plan += [("peer", f"{base}/peer/v1/classify", c, body, False) for c in levels]
-        for url in dict.fromkeys(url for _, url, *_ in plan):
-            wait_healthy(url)
-            wrk(url, 8, 2, body, script)  # warm-up
-        runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        # Each round deploys, measures and removes every system in turn: a slow spell of
+        # this (shared, virtual) machine hits all systems alike, and no idle replicas of
+        # one system take CPU from another.
         for round_ in range(1, args.rounds + 1):
-            for name, url, c, payload, is_pipeline in plan:
-                print(f"round {round_}/{args.rounds}: {name} c={c} ...", flush=True)
-                point = (
-                    pipeline_point(name, url, c, args.seconds, payload, script)
-                    if is_pipeline
-                    else wrk(url, c, args.seconds, payload, script, name)
-                )
-                runs.setdefault((name, c), []).append(point)
+            for name, variant in variants.items():
+                if name not in systems:
+                    continue
+                app = None
+                if variant is None:
+                    serve.run(build_peer(Settings()), name=name, route_prefix=f"/{name}")
+                    url, points, payload = f"{base}/{name}/v1/classify", levels, body
+                else:
+                    idle, points, payload = variant
+                    app = deploy(name, f"/{name}", base, DISPATCH_WHEN_IDLE=idle)
+                    url = f"{app.url}/v1/classify"
+                wait_healthy(url)
+                wrk(url, 8, 2, body, script)  # warm-up
+                for c in points:
+                    print(f"round {round_}/{args.rounds}: {name} c={c} ...", flush=True)
+                    point = (
+                        wrk(url, c, args.seconds, payload, script, name)
+                        if app is None
+                        else pipeline_point(name, url, c, args.seconds, payload, script)
+                    )
+                    runs.setdefault((name, c), []).append(point)
+                serve.delete(name)
+                if app is not None:
+                    delete_app_queues(app)
     finally:
-        for app in apps:
-            delete_app_queues(app)
         stop_cluster()
     results: dict[str, list[dict[str, Any]]] = {}
     for (name, _), points in runs.items():
