@@ -182,8 +182,7 @@ class BatchingConsumer:
                 await asyncio.sleep(RECONNECT_DELAY_S)
         channel = await self._connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=self._settings.prefetch_count)
-        queue = await broker.declare_request_queue(channel, self._settings)
-        dead = await broker.declare_dead_letter_queue(channel, self._settings)
+        queue, dead = await broker.declare_request_queue(channel, self._settings)
         self._channel = channel
         # The robust connection re-opens the channel and these consumers after a drop.
         await queue.consume(self._on_message)

@@ -32,6 +32,7 @@ class Classifier:
             intra_op_threads=settings.ort_intra_op_threads,
             allow_spinning=settings.ort_allow_spinning,
             max_pixels=settings.max_image_pixels,
+            preprocess_threads=settings.preprocess_threads or None,
         )
 
     async def classify(self, images: list[bytes], top_ks: list[int]) -> list[Outcome]:

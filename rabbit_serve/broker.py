@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import aio_pika
 from aio_pika.abc import (
@@ -58,17 +58,23 @@ def request_queue_arguments(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def declare_request_queue(channel: AbstractChannel, settings: Settings) -> AbstractQueue:
-    """The dead-letter queue, then the request queue that feeds it.
+class RequestQueues(NamedTuple):
+    requests: AbstractQueue
+    dead_letters: AbstractQueue
+
+
+async def declare_request_queue(channel: AbstractChannel, settings: Settings) -> RequestQueues:
+    """The dead-letter queue, then the request queue that feeds it; both are returned.
 
     Queue arguments cannot change once a queue exists: a queue left by an older
     version with other arguments is reported with the command that fixes it.
     """
     try:
-        await declare_dead_letter_queue(channel, settings)
-        return await channel.declare_queue(
+        dead_letters = await declare_dead_letter_queue(channel, settings)
+        requests = await channel.declare_queue(
             settings.request_queue, durable=True, arguments=request_queue_arguments(settings)
         )
+        return RequestQueues(requests, dead_letters)
     except aio_pika.exceptions.ChannelPreconditionFailed as exc:
         raise QueueMismatch(
             f"queue {settings.request_queue!r} or {settings.dead_letter_queue!r} exists with "

@@ -111,6 +111,13 @@ class Settings(BaseSettings):
         "Batches run side by side (MAX_BATCHES_IN_FLIGHT), so 1 keeps the cores busy "
         "without threads waiting on each other.",
     )
+    preprocess_threads: int = Field(
+        0,
+        ge=0,
+        description="Threads per classifier replica that decode and resize images; 0 means "
+        "min(4, cores). On a GPU node they, not the GPU, set the ceiling (about 650 "
+        "images/s each): give them the node's cores.",
+    )
     ort_allow_spinning: bool = Field(
         False,
         description="Let ONNX Runtime threads spin-wait; costs CPU when cores are shared.",

@@ -52,7 +52,7 @@ async def test_queue_is_durable_quorum_with_limits():
     settings = isolated_settings()
     connection, channel = await open_channel(settings)
     async with connection:
-        queue = await broker.declare_request_queue(channel, settings)
+        queue, _ = await broker.declare_request_queue(channel, settings)
         try:
             assert queue.durable
             args = broker.request_queue_arguments(settings)
@@ -75,8 +75,7 @@ async def test_message_that_keeps_failing_is_dead_lettered_after_the_limit():
     settings = isolated_settings(delivery_limit=2)
     connection, channel = await open_channel(settings)
     async with connection:
-        queue = await broker.declare_request_queue(channel, settings)
-        dead = await broker.declare_dead_letter_queue(channel, settings)
+        queue, dead = await broker.declare_request_queue(channel, settings)
         try:
             task = coffee_task("nobody")
             await channel.default_exchange.publish(
@@ -106,8 +105,7 @@ async def test_expired_messages_are_dead_lettered_as_expired():
     settings = isolated_settings()
     connection, channel = await open_channel(settings)
     async with connection:
-        queue = await broker.declare_request_queue(channel, settings)
-        dead = await broker.declare_dead_letter_queue(channel, settings)
+        queue, dead = await broker.declare_request_queue(channel, settings)
         try:
             await channel.default_exchange.publish(
                 broker.to_aio_pika(encode_task(coffee_task("nobody", ttl=0.1))),
