@@ -253,9 +253,12 @@ class BatchingConsumer:
     async def _classify(self, batch: list[_Delivery]) -> list[list[Any] | ErrorInfo]:
         images = [d.task.image for d in batch]
         top_ks = [d.task.top_k for d in batch]
+        # The only batch in flight with nothing waiting behind it: a lone request, which
+        # the classifier may give more than one thread.
+        alone = len(self._in_flight) <= 1 and self._batcher.waiting == 0
         for attempt in range(1, CLASSIFIER_ATTEMPTS + 1):
             try:
-                return await self._classifier.classify.remote(images, top_ks)
+                return await self._classifier.classify.remote(images, top_ks, alone)
             except Exception as exc:
                 if attempt == CLASSIFIER_ATTEMPTS:
                     raise

@@ -30,14 +30,19 @@ class Classifier:
             name=settings.model_name,
             want_gpu=bool(ray.get_gpu_ids()),
             intra_op_threads=settings.ort_intra_op_threads,
+            lone_batch_threads=settings.ort_lone_batch_threads,
             allow_spinning=settings.ort_allow_spinning,
             max_pixels=settings.max_image_pixels,
             preprocess_threads=settings.preprocess_threads or None,
         )
 
-    async def classify(self, images: list[bytes], top_ks: list[int]) -> list[Outcome]:
+    async def classify(
+        self, images: list[bytes], top_ks: list[int], alone: bool = False
+    ) -> list[Outcome]:
+        """``alone``: the consumer has nothing else in flight or waiting (see
+        :meth:`OnnxClassifier.run`)."""
         # ONNX Runtime and PIL release the GIL: off the event loop, batches overlap.
-        return await asyncio.to_thread(self._model.classify, images, top_ks)
+        return await asyncio.to_thread(self._model.classify, images, top_ks, alone)
 
     def info(self) -> dict[str, Any]:
         """The model, and where this replica runs (which node, which GPUs Ray gave it)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,21 @@ def choose_providers(want_gpu: bool, available: list[str]) -> list[str]:
     return [CPU]
 
 
+def _session(
+    model_path: Path, providers: list[str], intra_op_threads: int, allow_spinning: bool
+) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    # An explicit count also keeps ONNX Runtime from pinning its threads to cores, which
+    # stalls them when the ingress, consumers and broker share those cores.
+    options.intra_op_num_threads = intra_op_threads
+    # Spin-waiting burns cores that the ingress and consumers share with us.
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
+    )
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -59,6 +75,7 @@ class OnnxClassifier:
         name: str = "model",
         want_gpu: bool = False,
         intra_op_threads: int = 0,
+        lone_batch_threads: int = 0,
         allow_spinning: bool = False,
         max_pixels: int = 40_000_000,
         preprocess_threads: int | None = None,
@@ -66,20 +83,18 @@ class OnnxClassifier:
         model_path = Path(model_path)
         if not model_path.is_file():
             raise FileNotFoundError(f"MODEL_PATH {model_path} does not exist")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        # Spin-waiting burns cores that the ingress and consumers share with us.
-        options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
-        )
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.providers_available = ort.get_available_providers()
-        self.session = ort.InferenceSession(
-            str(model_path),
-            sess_options=options,
-            providers=choose_providers(want_gpu, self.providers_available),
-        )
+        providers = choose_providers(want_gpu, self.providers_available)
+        self.session = _session(model_path, providers, intra_op_threads, allow_spinning)
         self.provider = self.session.get_providers()[0]
+        # One thread per batch suits a busy CPU classifier (batches side by side), but
+        # holds a lone request to one core: a second session with more threads takes the
+        # batches that find no other batch running.
+        self._lone_session: ort.InferenceSession | None = None
+        if self.provider == CPU and 0 < intra_op_threads < lone_batch_threads:
+            self._lone_session = _session(model_path, providers, lone_batch_threads, allow_spinning)
+        self._running = 0
+        self._running_lock = threading.Lock()
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         self.input_shape = list(model_input.shape)
@@ -120,11 +135,27 @@ class OnnxClassifier:
         except Exception as exc:  # a decoder bug must fail one image, not the batch
             return ErrorInfo(422, f"image could not be decoded: {exc}")
 
-    def run(self, tensor: np.ndarray) -> np.ndarray:
-        """Raw logits for an [N, 3, 224, 224] float32 batch."""
-        return self.session.run(None, {self.input_name: tensor})[0]
+    def run(self, tensor: np.ndarray, alone: bool = False) -> np.ndarray:
+        """Raw logits for an [N, 3, 224, 224] float32 batch.
 
-    def classify(self, images: list[bytes], top_ks: list[int]) -> list[Outcome]:
+        ``alone``: the caller has no other batch on the way, so if none is running here
+        either, the batch may take the lone-batch session's extra threads. Under load
+        that would put more threads than cores to work (5 % fewer images/s measured).
+        """
+        with self._running_lock:
+            session = self.session
+            if alone and self._running == 0 and self._lone_session is not None:
+                session = self._lone_session
+            self._running += 1
+        try:
+            return session.run(None, {self.input_name: tensor})[0]
+        finally:
+            with self._running_lock:
+                self._running -= 1
+
+    def classify(
+        self, images: list[bytes], top_ks: list[int], alone: bool = False
+    ) -> list[Outcome]:
         """One outcome per image: its predictions, or why it could not be classified."""
         # The calling thread decodes the first image itself instead of idling while the
         # pool works: a lone image never changes threads at all.
@@ -135,7 +166,7 @@ class OnnxClassifier:
         outcomes: list[Outcome] = [p if isinstance(p, ErrorInfo) else [] for p in prepared]
         if good:
             batch = np.stack([prepared[i] for i in good])
-            probabilities = softmax(self.run(batch))
+            probabilities = softmax(self.run(batch, alone))
             for row, i in enumerate(good):
                 outcomes[i] = top_k(probabilities[row], top_ks[i], self.labels)
         return outcomes

@@ -111,6 +111,13 @@ class Settings(BaseSettings):
         "Batches run side by side (MAX_BATCHES_IN_FLIGHT), so 1 keeps the cores busy "
         "without threads waiting on each other.",
     )
+    ort_lone_batch_threads: int = Field(
+        2,
+        ge=0,
+        description="On CPU, ONNX Runtime threads for a lone batch (the consumer has nothing "
+        "else in flight or waiting, and no other batch is running): a second session, so a "
+        "lone request is not held to one core; 0 or <= ORT_INTRA_OP_THREADS turns it off.",
+    )
     preprocess_threads: int = Field(
         0,
         ge=0,

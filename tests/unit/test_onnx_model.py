@@ -1,9 +1,13 @@
 """The real committed model through ONNX Runtime, without Ray."""
 
+import threading
+
+import numpy as np
 import pytest
 
 from deployments.onnx_model import CPU, CUDA, OnnxClassifier, choose_providers
 from rabbit_serve.messages import ErrorInfo
+from rabbit_serve.preprocessing import preprocess
 from rabbit_serve.settings import DEFAULT_MODEL_PATH
 from tests.images import CAT_CLASSES, ESPRESSO, sample
 
@@ -58,3 +62,59 @@ def test_provider_choice():
 def test_missing_model_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="MODEL_PATH"):
         OnnxClassifier(tmp_path / "nope.onnx")
+
+
+class _Recording:
+    """A real session that notes each run under a name."""
+
+    def __init__(self, session, log, name):
+        self._session, self._log, self._name = session, log, name
+
+    def run(self, *args):
+        self._log.append(self._name)
+        return self._session.run(*args)
+
+
+def test_a_lone_batch_gets_the_lone_session_and_overlapping_ones_the_one_thread_session():
+    classifier = OnnxClassifier(DEFAULT_MODEL_PATH, intra_op_threads=1, lone_batch_threads=2)
+    try:
+        assert classifier._lone_session is not None
+        tensor = np.stack([preprocess(sample("coffee.jpg"), 10**8)] * 2)
+        one_thread = classifier.session.run(None, {classifier.input_name: tensor})[0]
+        two_threads = classifier._lone_session.run(None, {classifier.input_name: tensor})[0]
+        np.testing.assert_allclose(one_thread, two_threads, rtol=1e-4, atol=1e-4)
+
+        log: list[str] = []
+        classifier.session = _Recording(classifier.session, log, "one_thread")
+        classifier._lone_session = _Recording(classifier._lone_session, log, "lone")
+        classifier.run(tensor)
+        assert log == ["one_thread"]  # the caller did not say it was alone
+        log.clear()
+        classifier.run(tensor, alone=True)
+        assert log == ["lone"]
+        log.clear()
+        start = threading.Barrier(4)
+
+        def overlapping() -> None:
+            start.wait()
+            for _ in range(3):
+                classifier.run(tensor, alone=True)
+
+        threads = [threading.Thread(target=overlapping) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(log) == 12 and "one_thread" in log
+    finally:
+        classifier.close()
+
+
+@pytest.mark.parametrize("intra,lone", [(1, 0), (1, 1), (2, 2), (0, 2)])
+def test_no_lone_session_when_it_would_not_add_threads(intra, lone):
+    classifier = OnnxClassifier(DEFAULT_MODEL_PATH, intra_op_threads=intra, lone_batch_threads=lone)
+    try:
+        expected = 0 < intra < lone
+        assert (classifier._lone_session is not None) == expected
+    finally:
+        classifier.close()
