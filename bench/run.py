@@ -62,6 +62,14 @@ end
 """
 
 
+def write_load_files(directory: Path) -> tuple[Path, Path]:
+    """The base64 JSON body of the bench image and wrk's Lua script, under ``directory``."""
+    body, script = directory / "body.json", directory / "post.lua"
+    body.write_text(json.dumps({"image": base64.b64encode(IMAGE.read_bytes()).decode()}))
+    script.write_text(LUA)
+    return body, script
+
+
 def _raw_point(
     model: OnnxClassifier, image: bytes, batch: int, streams: int, seconds: float
 ) -> tuple[float, float]:
@@ -259,11 +267,7 @@ def main() -> None:
     raw = raw_limit(min(args.seconds, 3))
     best_raw = raw["best_images_per_s"]
 
-    work = Path(tempfile.mkdtemp())
-    body = work / "body.json"
-    body.write_text(json.dumps({"image": base64.b64encode(IMAGE.read_bytes()).decode()}))
-    script = work / "post.lua"
-    script.write_text(LUA)
+    body, script = write_load_files(Path(tempfile.mkdtemp()))
 
     base = start_cluster(log_to_driver=False)
     # name: (DISPATCH_WHEN_IDLE, concurrencies, body); None is the peer.

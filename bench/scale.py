@@ -15,9 +15,9 @@ predicts a real cluster (docs/performance.md).
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,18 +33,15 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 from bench.run import (
-    IMAGE,
-    LUA,
     ROOT,
     SERVING_ROLES,
     mean_batch,
     pipeline_point,
     wait_healthy,
+    write_load_files,
     wrk,
 )
-from deployments.app import wire
-from rabbit_serve.settings import Settings
-from tests.serve_harness import App, delete_app_queues, free_port, queue_names
+from tests.serve_harness import delete_app_queues, deploy, free_port
 
 # (name, classifier replicas, consumers, actor options for the classifier)
 LAYOUTS: list[tuple[str, int, int, dict[str, Any]]] = [
@@ -94,37 +91,24 @@ def main() -> None:
     args = parser.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = out_dir / "scale-work"
-    work.mkdir(exist_ok=True)
-    body, script = work / "body.json", work / "post.lua"
-    body.write_text(json.dumps({"image": base64.b64encode(IMAGE.read_bytes()).decode()}))
-    script.write_text(LUA)
+    body, script = write_load_files(Path(tempfile.mkdtemp()))
 
     cluster, names = start_cluster()
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
-    run_id = os.urandom(4).hex()
     points: list[dict[str, Any]] = []
     try:
         for i, (layout, classifiers, consumers, actor_options) in enumerate(LAYOUTS):
             name = f"scale{i}"
-            settings = Settings.from_overrides(
-                {
-                    "NUM_CONSUMERS": consumers,
-                    **queue_names(f"rabbit-serve-scale-{run_id}.{name}"),
-                }
+            app = deploy(
+                name,
+                f"/{name}",
+                f"http://127.0.0.1:{port}",
+                classifier_replicas=classifiers,
+                classifier_actor_options=actor_options,
+                NUM_CONSUMERS=consumers,
             )
-            serve.run(
-                wire(
-                    settings,
-                    classifier_replicas=classifiers,
-                    classifier_actor_options=actor_options,
-                ),
-                name=name,
-                route_prefix=f"/{name}",
-                blocking=False,
-            )
-            url = f"http://127.0.0.1:{port}/{name}"
+            url = app.url
             wait_healthy(f"{url}/v1/classify")
             where = placement(url, names, classifiers)
             print(f"{layout}: classifiers on {where} ...", flush=True)
@@ -136,7 +120,7 @@ def main() -> None:
             point.update(layout=layout, classifiers_on=where)
             points.append(point)
             serve.delete(name)
-            delete_app_queues(App(name, url, settings))
+            delete_app_queues(app)
     finally:
         serve.shutdown()
         ray.shutdown()

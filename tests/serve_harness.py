@@ -74,14 +74,29 @@ def queue_names(prefix: str) -> dict[str, str]:
 
 
 def deploy(
-    name: str, route: str, base_url: str, ingress_replicas: int = 1, **overrides: Any
+    name: str,
+    route: str,
+    base_url: str,
+    ingress_replicas: int = 1,
+    classifier_replicas: int = 1,
+    classifier_actor_options: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> App:
-    """Deploy the full application under ``route``; queue names are unique to this run."""
+    """Deploy the full application under ``route``; queue names are unique to this run.
+
+    ``overrides`` are settings (``MAX_BATCH_SIZE=8``); the other arguments go to
+    :func:`deployments.app.wire`.
+    """
     settings = Settings.from_overrides(
         {**queue_names(f"rabbit-serve-test-{RUN_ID}.{name}"), **overrides}
     )
     serve.run(
-        wire(settings, ingress_replicas=ingress_replicas),
+        wire(
+            settings,
+            ingress_replicas=ingress_replicas,
+            classifier_replicas=classifier_replicas,
+            classifier_actor_options=classifier_actor_options,
+        ),
         name=name,
         route_prefix=route,
         blocking=False,

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from ray import serve
 
-import deployments.app as app_module
 from tests.faults.chaos import drain, ensure_broker_running
 from tests.faults.load import record
 from tests.serve_harness import (
@@ -64,24 +63,6 @@ def serve_base_url(broker_up: None) -> Iterator[str]:
         stop_cluster()
 
 
-@contextlib.contextmanager
-def classifier_replicas(count: int) -> Iterator[None]:
-    """Have ``deployments.app.wire`` bind ``count`` classifier replicas.
-
-    ``wire`` sets the ingress replica count only; rather than copy its wiring here, the
-    Classifier deployment it binds is swapped for the same deployment with another
-    ``num_replicas`` (what ``deployments: [{name: Classifier, num_replicas: N}]`` does
-    in a Serve config file) while it runs.
-    """
-    original = app_module.Classifier
-    if count != 1:
-        app_module.Classifier = original.options(num_replicas=count)
-    try:
-        yield
-    finally:
-        app_module.Classifier = original
-
-
 def _depth(app: App, queue: str) -> int | None:
     """Ready messages in ``queue``; None if it was never declared."""
     try:
@@ -101,8 +82,14 @@ def fault_app(serve_base_url: str) -> Iterator[Callable[..., App]]:
 
     def make(name: str, *, classifiers: int = 1, **overrides: Any) -> App:
         ensure_broker_running()
-        with classifier_replicas(classifiers):
-            app = deploy(name, f"/{name}", serve_base_url, ingress_replicas=1, **overrides)
+        app = deploy(
+            name,
+            f"/{name}",
+            serve_base_url,
+            ingress_replicas=1,
+            classifier_replicas=classifiers,
+            **overrides,
+        )
         apps.append(app)
         wait_healthy(app.url, timeout=180)
         return app
