@@ -44,8 +44,8 @@ from ray import serve
 from bench.cpu import cpu_per_request_ms, snapshot
 from bench.peer import build_peer
 from deployments.onnx_model import OnnxClassifier
+from rabbit_serve.local_cluster import delete_app_queues, deploy, start_cluster, stop_cluster
 from rabbit_serve.settings import Settings
-from tests.serve_harness import delete_app_queues, deploy, start_cluster, stop_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = ROOT / "examples" / "images" / "chelsea.jpg"

@@ -41,7 +41,7 @@ from bench.run import (
     write_load_files,
     wrk,
 )
-from tests.serve_harness import delete_app_queues, deploy, free_port
+from rabbit_serve.local_cluster import delete_app_queues, deploy, free_port
 
 # (name, classifier replicas, consumers, actor options for the classifier)
 LAYOUTS: list[tuple[str, int, int, dict[str, Any]]] = [

@@ -14,7 +14,7 @@ from pathlib import Path
 import ray
 from ray._private import state as ray_state
 
-from tests.serve_harness import App, queue_depth
+from rabbit_serve.local_cluster import App, queue_depth
 
 # isort: split
 # Vendored by Ray (ray/thirdparty_files), importable once ray is imported.

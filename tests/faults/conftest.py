@@ -20,9 +20,7 @@ from typing import Any
 import pytest
 from ray import serve
 
-from tests.faults.chaos import drain, ensure_broker_running
-from tests.faults.load import record
-from tests.serve_harness import (
+from rabbit_serve.local_cluster import (
     App,
     app_queues,
     delete_queue,
@@ -32,6 +30,8 @@ from tests.serve_harness import (
     stop_cluster,
     wait_healthy,
 )
+from tests.faults.chaos import drain, ensure_broker_running
+from tests.faults.load import record
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from rabbit_serve.local_cluster import App
 from tests.faults.chaos import drain, ensure_broker_running, rabbitmqctl
 from tests.faults.load import (
     DEFAULT_MARGIN_S,
@@ -31,7 +32,6 @@ from tests.faults.load import (
     stats,
     statuses,
 )
-from tests.serve_harness import App
 
 TIMEOUT = 15.0
 NUM_CONSUMERS = 1

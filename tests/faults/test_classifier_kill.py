@@ -14,6 +14,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from rabbit_serve.local_cluster import App
 from tests.faults.chaos import drain, replicas, sigkill, wait_replicas
 from tests.faults.load import (
     DEFAULT_MARGIN_S,
@@ -25,7 +26,6 @@ from tests.faults.load import (
     stats,
     statuses,
 )
-from tests.serve_harness import App
 
 TIMEOUT = 30.0
 CLIENTS = 12

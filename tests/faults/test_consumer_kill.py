@@ -9,6 +9,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from rabbit_serve.local_cluster import App
 from tests.faults.chaos import drain, replicas, sigkill, unacked_held_by, wait_replicas
 from tests.faults.load import (
     DEFAULT_MARGIN_S,
@@ -20,7 +21,6 @@ from tests.faults.load import (
     stats,
     statuses,
 )
-from tests.serve_harness import App
 
 TIMEOUT = 30.0  # generous: redelivery must finish well inside it
 CLIENTS = 12

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
+from rabbit_serve.local_cluster import App, queue_depth
 from tests.faults.chaos import (
     broker_rss_mb,
     drain,
@@ -37,7 +38,6 @@ from tests.faults.load import (
     stats,
 )
 from tests.images import ESPRESSO, sample
-from tests.serve_harness import App, queue_depth
 
 TIMEOUT = 10.0
 MAX_QUEUE_LENGTH = 40

@@ -15,9 +15,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from rabbit_serve.local_cluster import App, queue_depth
 from tests.faults.chaos import drain, rss_by_process
 from tests.faults.load import DEFAULT_MARGIN_S, LOST_AFTER_EXTRA_S, Load, payloads, reconcile, stats
-from tests.serve_harness import App, queue_depth
 
 pytestmark = pytest.mark.soak
 

