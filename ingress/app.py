@@ -21,7 +21,9 @@ from ingress.auth import key_matches, presented_key
 from ingress.parsing import ParsedRequest, parse_json, parse_upload, request_start
 from ingress.pending import PendingResults
 from ingress.producer import Producer
-from ingress.schemas import (
+from rabbit_serve.errors import ClientError, ServiceUnavailable
+from rabbit_serve.messages import ClassifyResult, ClassifyTask, encode_task
+from rabbit_serve.schemas import (
     AcceptedResponse,
     ClassifyRequest,
     ClassifyResponse,
@@ -29,8 +31,6 @@ from ingress.schemas import (
     ModelInfo,
     MultiClassifyResponse,
 )
-from rabbit_serve.errors import ClientError, ServiceUnavailable
-from rabbit_serve.messages import ClassifyResult, ClassifyTask, encode_task
 from rabbit_serve.settings import Settings
 from rabbit_serve.webhook_security import WebhookRefused, resolve
 

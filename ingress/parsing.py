@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import orjson
 from pydantic import ValidationError
 
-from ingress.schemas import ClassifyRequest
 from rabbit_serve.errors import ClientError
 from rabbit_serve.preprocessing import inspect_image
+from rabbit_serve.schemas import ClassifyRequest
 from rabbit_serve.settings import Settings
 from rabbit_serve.webhook_security import WebhookRefused, check_url
 

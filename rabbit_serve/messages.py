@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any
 
 import orjson
 
@@ -35,10 +35,10 @@ class MalformedMessage(ValueError):
     """A message that no consumer can ever process; it must not be requeued."""
 
 
-class Prediction(TypedDict):
-    class_id: int
-    label: str
-    score: float
+# One prediction as it travels: a JSON object with the fields of
+# ``rabbit_serve.schemas.Prediction``, the one definition of that shape (its tests hold
+# rendered results to it). A plain dict, so the hot path builds no model objects.
+Prediction = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,11 @@ class ErrorInfo:
 
 @dataclass(frozen=True)
 class ClassifyResult:
-    """The answer for one task, sent to the owning ingress replica or a webhook."""
+    """The answer for one task, as it travels to the owning ingress replica.
+
+    ``to_dict`` / ``from_dict`` are the internal wire format only; what a client sees
+    (HTTP answer or webhook body) is rendered by :mod:`rabbit_serve.render`.
+    """
 
     id: str
     request_id: str
