@@ -8,21 +8,37 @@ queue, and per-ingress-replica reply queues that die with their replica.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 import aio_pika
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractQueue,
-    AbstractRobustConnection,
-    DeliveryMode,
-)
+from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
 
-from rabbit_serve.messages import AmqpMessage
+from rabbit_serve._amqp import AioPikaInbound, AioPikaPublisher, consume, to_aio_pika
 from rabbit_serve.settings import Settings
 
+__all__ = [
+    "RECONNECT_DELAY_S",
+    "AioPikaInbound",
+    "AioPikaPublisher",
+    "QueueMismatch",
+    "RequestQueues",
+    "connect",
+    "consume",
+    "declare_dead_letter_queue",
+    "declare_reply_queue",
+    "declare_request_queue",
+    "declare_webhook_queue",
+    "is_connected",
+    "reply_queue_name",
+    "request_queue_arguments",
+    "to_aio_pika",
+]
+
 logger = logging.getLogger(__name__)
+
+# Between attempts to open a first connection (a robust connection, once open,
+# re-opens itself on its own schedule).
+RECONNECT_DELAY_S = 1.0
 
 
 class QueueMismatch(RuntimeError):
@@ -109,15 +125,6 @@ async def declare_reply_queue(channel: AbstractChannel, name: str) -> AbstractQu
     return await channel.declare_queue(name, durable=False, exclusive=True, auto_delete=True)
 
 
-def to_aio_pika(message: AmqpMessage) -> aio_pika.Message:
-    return aio_pika.Message(
-        body=message.body,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        headers=message.headers,
-        content_type=message.content_type,
-        timestamp=datetime.fromtimestamp(message.timestamp, tz=timezone.utc),
-        reply_to=message.reply_to,
-        expiration=message.expiration,
-        delivery_mode=DeliveryMode.PERSISTENT,
-    )
+def is_connected(connection: AbstractRobustConnection | None) -> bool:
+    """Open and, for a robust connection, not in the middle of re-connecting."""
+    return connection is not None and not connection.is_closed and connection.connected.is_set()
