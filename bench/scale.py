@@ -16,32 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
-
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
-os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import ray
-from ray import serve
-from ray.cluster_utils import Cluster
 
-from bench.run import (
-    ROOT,
-    SERVING_ROLES,
-    mean_batch,
-    pipeline_point,
-    wait_healthy,
-    write_load_files,
-    wrk,
-)
-from rabbit_serve.local_cluster import delete_app_queues, deploy, free_port
+from bench.load import ROOT, pipeline_point, wait_answering, write_load_files, wrk
+from bench.report import now, print_scale_table
+from rabbit_serve.local_cluster import apply_ray_env_defaults, delete_app_queues, deploy, free_port
+
+if TYPE_CHECKING:
+    from ray.cluster_utils import Cluster
 
 # (name, classifier replicas, consumers, actor options for the classifier)
 LAYOUTS: list[tuple[str, int, int, dict[str, Any]]] = [
@@ -54,6 +40,10 @@ LAYOUTS: list[tuple[str, int, int, dict[str, Any]]] = [
 
 def start_cluster() -> tuple[Cluster, dict[str, str]]:
     """Head + CPU worker + GPU worker on 127.0.0.1; returns node names by node id."""
+    # Imported here, after main() set Ray's environment: Ray reads it at import.
+    import ray
+    from ray.cluster_utils import Cluster
+
     common = {"node_ip_address": "127.0.0.1", "object_store_memory": 200 * 1024 * 1024}
     cluster = Cluster(
         initialize_head=True,
@@ -89,6 +79,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--out", default=str(ROOT / "bench-results"))
     args = parser.parse_args()
+    apply_ray_env_defaults(fast_path=True)  # as bench.run: Serve's throughput-optimized path
+    import ray
+    from ray import serve
+
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     body, script = write_load_files(Path(tempfile.mkdtemp()))
@@ -109,7 +103,7 @@ def main() -> None:
                 NUM_CONSUMERS=consumers,
             )
             url = app.url
-            wait_healthy(f"{url}/v1/classify")
+            wait_answering(f"{url}/v1/classify")
             where = placement(url, names, classifiers)
             print(f"{layout}: classifiers on {where} ...", flush=True)
             wrk(f"{url}/v1/classify", args.concurrency, 3, body, script)  # warm-up
@@ -126,23 +120,9 @@ def main() -> None:
         ray.shutdown()
         cluster.shutdown()
 
-    report = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "points": points}
+    report = {"date": now(), "points": points}
     (out_dir / "scale.json").write_text(json.dumps(report, indent=2))
-    print(
-        "\n| layout | classifiers on | images/s | p50 ms | p99 ms | errors | mean batch | "
-        + " | ".join(SERVING_ROLES)
-        + " |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(SERVING_ROLES))
-    for p in points:
-        cpu = p["cpu_ms_per_request"]
-        print(
-            f"| {p['layout']} | {', '.join(p['classifiers_on'])} | {p['images_per_s']:.1f} | "
-            f"{p['p50_ms']:.0f} | {p['p99_ms']:.0f} | {p['errors']} | "
-            f"{mean_batch(p.get('batch_sizes', {})):.1f} | "
-            + " | ".join(f"{cpu.get(r, 0.0):.2f}" for r in SERVING_ROLES)
-            + " |"
-        )
+    print_scale_table(points)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ it has no side effects that a caller would have to undo or race against."""
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -67,5 +68,31 @@ def test_shipped_modules_import_with_the_test_suite_unimportable():
     )
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+# Ray reads part of its environment at import, so these must leave Ray unimported for
+# apply_ray_env_defaults() to take effect in the importing process.
+RAY_FREE_AT_IMPORT = ["rabbit_serve.local_cluster", "bench.run", "bench.scale"]
+
+
+def test_importing_the_cluster_and_bench_entry_points_has_no_side_effects():
+    script = (
+        "import importlib, os, sys, threading\n"
+        "env, threads = dict(os.environ), threading.active_count()\n"
+        f"for name in {RAY_FREE_AT_IMPORT!r}:\n"
+        "    importlib.import_module(name)\n"
+        "assert dict(os.environ) == env, set(os.environ.items()) ^ set(env.items())\n"
+        "assert threading.active_count() == threads, threading.enumerate()\n"
+        "assert 'ray' not in sys.modules, 'imported ray'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
     )
     assert result.returncode == 0, result.stderr[-4000:]
