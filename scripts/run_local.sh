@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .run
 
+# Ray's environment; from Python the one place is rabbit_serve/local_cluster.py
+# (apply_ray_env_defaults), which tests and bench use. Keep the two in step.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 # keep Ray on 127.0.0.1, not the external address
 # Everything listens on loopback only. Ray 2.60 turns token auth on whenever
 # ~/.ray/auth_token exists, and its CLI then fails to connect unless every process
