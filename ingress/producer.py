@@ -13,17 +13,31 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from rabbit_serve import broker
 from rabbit_serve.errors import ServiceUnavailable
-from rabbit_serve.messages import AmqpMessage, ClassifyResult, MalformedMessage, decode_reply
+from rabbit_serve.messages import ClassifyResult, MalformedMessage, decode_reply
 from rabbit_serve.settings import Settings
+from rabbit_serve.transport import (
+    Outbound,
+    Publisher,
+    PublishFailed,
+    PublishRefused,
+    PublishTimedOut,
+)
 
 logger = logging.getLogger("rabbit_serve.ingress")
 
-RECONNECT_DELAY_S = 1.0
+
+def client_message(exc: PublishFailed) -> str:
+    """What a client is told (with a 503) when the broker did not take its work."""
+    if isinstance(exc, PublishRefused):
+        # A nack: with x-overflow=reject-publish this means the queue is at MAX_QUEUE_LENGTH.
+        return "the request queue is full; retry after the Retry-After delay"
+    if isinstance(exc, PublishTimedOut):
+        return "message broker did not confirm the publish in time"
+    return f"message broker refused the message: {exc}"
 
 
 class Producer:
@@ -37,18 +51,17 @@ class Producer:
         self._on_result = on_result
         self.reply_queue = broker.reply_queue_name(settings, owner)
         self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractRobustChannel | None = None
+        self._publisher: broker.AioPikaPublisher | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self.malformed_results = 0
 
     @property
     def ready(self) -> bool:
-        """True while the broker connection and channel are open."""
+        """True while the broker connection and the publishing channel are open."""
         return (
-            self._connection is not None
-            and not self._connection.is_closed
-            and self._channel is not None
-            and not self._channel.is_closed
+            broker.is_connected(self._connection)
+            and self._publisher is not None
+            and self._publisher.ready
         )
 
     async def start(self) -> None:
@@ -62,7 +75,7 @@ class Producer:
 
     async def _connect_forever(self) -> None:
         while True:
-            await asyncio.sleep(RECONNECT_DELAY_S)
+            await asyncio.sleep(broker.RECONNECT_DELAY_S)
             try:
                 await self._connect_once()
                 logger.info("connected to the broker")
@@ -82,7 +95,10 @@ class Producer:
         except BaseException:
             await connection.close()
             raise
-        self._connection, self._channel = connection, channel
+        self._connection = connection
+        self._publisher = broker.AioPikaPublisher(
+            channel, timeout=self._settings.publish_timeout, mandatory=True
+        )
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -94,29 +110,16 @@ class Producer:
         for result in results:
             self._on_result(result)
 
-    async def publish(self, message: AmqpMessage) -> None:
-        """Publish and wait for the broker's confirm; raises :class:`ServiceUnavailable`."""
-        channel = self._channel
-        if channel is None or not self.ready:
+    async def publish(self, message: Outbound) -> None:
+        """Publish to the request queue and wait for the broker's confirm; raises
+        :class:`ServiceUnavailable` with what the client should be told."""
+        publisher: Publisher | None = self._publisher
+        if publisher is None or not self.ready:
             raise ServiceUnavailable("message broker is not reachable")
         try:
-            await asyncio.wait_for(
-                channel.default_exchange.publish(
-                    broker.to_aio_pika(message),
-                    routing_key=self._settings.request_queue,
-                    mandatory=True,
-                ),
-                timeout=self._settings.publish_timeout,
-            )
-        except asyncio.TimeoutError:
-            raise ServiceUnavailable("message broker did not confirm the publish in time") from None
-        except aio_pika.exceptions.DeliveryError as exc:
-            # A nack: with x-overflow=reject-publish this means the queue is at MAX_QUEUE_LENGTH.
-            raise ServiceUnavailable(
-                "the request queue is full; retry after the Retry-After delay"
-            ) from exc
-        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-            raise ServiceUnavailable(f"message broker refused the message: {exc}") from exc
+            await publisher.publish(message, self._settings.request_queue)
+        except PublishFailed as exc:
+            raise ServiceUnavailable(client_message(exc)) from exc
 
     async def close(self) -> None:
         if self._connect_task is not None:

@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from rabbit_serve.transport import Outbound
+
 IMAGE_CONTENT_TYPE = "application/octet-stream"
 RESULT_CONTENT_TYPE = "application/json"
 
@@ -60,22 +62,7 @@ class ClassifyTask:
         return self.deadline - (time.time() if now is None else now)
 
 
-@dataclass(frozen=True)
-class AmqpMessage:
-    """What :func:`encode_task` produces; the broker layer maps it onto its client's type."""
-
-    body: bytes
-    message_id: str
-    correlation_id: str
-    headers: dict[str, Any]
-    content_type: str
-    timestamp: float
-    reply_to: str | None = None
-    # Per-message TTL in seconds: the broker drops work whose client already gave up.
-    expiration: float | None = None
-
-
-def encode_task(task: ClassifyTask) -> AmqpMessage:
+def encode_task(task: ClassifyTask) -> Outbound:
     headers: dict[str, Any] = {
         H_REQUEST_ID: task.request_id,
         H_INDEX: task.index,
@@ -85,7 +72,7 @@ def encode_task(task: ClassifyTask) -> AmqpMessage:
     }
     if task.callback_url:
         headers[H_CALLBACK_URL] = task.callback_url
-    return AmqpMessage(
+    return Outbound(
         body=task.image,
         message_id=task.id,
         correlation_id=task.id,
