@@ -26,6 +26,11 @@ from rabbit_serve.local_cluster import (
 
 WEBHOOK_SECRET = "integration-webhook-secret"
 NOBROKER_API_KEYS = ("key-one", "key-two")
+# What a slow spell of this shared 2-core machine may add to an answer. Timing bounds
+# are written relative to the setting they test plus this, never as a tight band.
+SLOW_SPELL_S = 2.0
+# The ingress starts its TIMEOUT clock a little after the client sends.
+CLOCK_SLACK_S = 0.2
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +70,9 @@ def main_app(serve_base_url: str) -> Iterator[App]:
 
 @pytest.fixture(scope="session")
 def orphan_app(serve_base_url: str, main_app: App) -> Iterator[App]:
-    app = deploy("orphan", "/orphan", serve_base_url, TIMEOUT=2, NUM_CONSUMERS=0)
+    # TIMEOUT short enough to wait out, long enough that "at once" and "after TIMEOUT"
+    # stay apart on a slow machine.
+    app = deploy("orphan", "/orphan", serve_base_url, TIMEOUT=3, NUM_CONSUMERS=0)
     yield app
     serve.delete(app.name)
     delete_app_queues(app)
@@ -78,8 +85,9 @@ def nobroker_app(serve_base_url: str, main_app: App) -> Iterator[App]:
         "/nobroker",
         serve_base_url,
         AMQP_URL="amqp://guest:guest@127.0.0.1:1/%2F",
-        BROKER_CONNECT_TIMEOUT=1,
-        TIMEOUT=2,
+        # Longer than a fast 503 may take, so the test can tell it waited for none of them.
+        BROKER_CONNECT_TIMEOUT=3,
+        TIMEOUT=5,
         NUM_CONSUMERS=0,
         API_KEYS=",".join(NOBROKER_API_KEYS),
     )
