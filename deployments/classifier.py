@@ -34,6 +34,7 @@ class Classifier:
             allow_spinning=settings.ort_allow_spinning,
             max_pixels=settings.max_image_pixels,
             preprocess_threads=settings.preprocess_threads or None,
+            fast_jpeg_decode=settings.fast_jpeg_decode,
         )
 
     async def classify(

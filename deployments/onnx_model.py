@@ -18,10 +18,11 @@ import numpy as np
 import onnxruntime as ort
 
 from rabbit_serve.errors import ClientError
-from rabbit_serve.labels import imagenet_labels
+from rabbit_serve.labels import load_labels
 from rabbit_serve.messages import ErrorInfo, Prediction
+from rabbit_serve.model_spec import ModelSpec, load_spec, spec_path
 from rabbit_serve.postprocessing import softmax, top_k
-from rabbit_serve.preprocessing import CROP_SIZE, preprocess
+from rabbit_serve.preprocessing import preprocess
 
 logger = logging.getLogger("rabbit_serve.classifier")
 
@@ -59,6 +60,29 @@ def _session(
     return ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
 
 
+def check_interface(
+    spec: ModelSpec, input_shape: list[Any], output_shape: list[Any], model_path: Path
+) -> None:
+    """The ONNX graph must take what the spec says and give one score per class.
+
+    A symbolic (named) axis accepts any size, so only fixed sizes are compared.
+    """
+    expected = ["N", *spec.input_shape]
+    if len(input_shape) != len(expected) or any(
+        isinstance(got, int) and got != want
+        for got, want in zip(input_shape[1:], expected[1:], strict=True)
+    ):
+        raise ValueError(
+            f"{model_path} takes input {input_shape}; its spec "
+            f"{spec_path(model_path).name} says {expected}"
+        )
+    classes = output_shape[-1] if output_shape else None
+    if len(output_shape) != 2 or (isinstance(classes, int) and classes != spec.num_classes):
+        raise ValueError(
+            f"{model_path} gives output {output_shape}; its spec says [N, {spec.num_classes}]"
+        )
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -79,10 +103,15 @@ class OnnxClassifier:
         allow_spinning: bool = False,
         max_pixels: int = 40_000_000,
         preprocess_threads: int | None = None,
+        fast_jpeg_decode: bool = False,
     ) -> None:
         model_path = Path(model_path)
         if not model_path.is_file():
             raise FileNotFoundError(f"MODEL_PATH {model_path} does not exist")
+        self.spec = load_spec(model_path)
+        self.labels = load_labels(
+            self.spec.labels, spec_path(model_path).parent, self.spec.num_classes
+        )
         self.providers_available = ort.get_available_providers()
         providers = choose_providers(want_gpu, self.providers_available)
         self.session = _session(model_path, providers, intra_op_threads, allow_spinning)
@@ -98,16 +127,15 @@ class OnnxClassifier:
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         self.input_shape = list(model_input.shape)
-        if len(self.input_shape) != 4 or self.input_shape[1:] != [3, CROP_SIZE, CROP_SIZE]:
-            raise ValueError(
-                f"{model_path} takes input {self.input_shape}; expected [N, 3, 224, 224]"
-            )
-        self.num_classes = int(self.session.get_outputs()[0].shape[-1])
-        self.labels = imagenet_labels()
+        check_interface(
+            self.spec, self.input_shape, list(self.session.get_outputs()[0].shape), model_path
+        )
+        self.num_classes = self.spec.num_classes
         self.name = name
         self.model_path = model_path
         self.sha256 = file_sha256(model_path)
         self.max_pixels = max_pixels
+        self.fast_jpeg_decode = fast_jpeg_decode
         # PIL releases the GIL while decoding and resizing, so threads help.
         self._pool = ThreadPoolExecutor(
             max_workers=preprocess_threads or min(4, os.cpu_count() or 1),
@@ -125,18 +153,20 @@ class OnnxClassifier:
             "input_name": self.input_name,
             "input_shape": self.input_shape,
             "num_classes": self.num_classes,
+            "spec": self.spec.model_dump(mode="json"),
+            "fast_jpeg_decode": self.fast_jpeg_decode,
         }
 
     def _preprocess_one(self, data: bytes) -> np.ndarray | ErrorInfo:
         try:
-            return preprocess(data, self.max_pixels)
+            return preprocess(data, self.spec, self.max_pixels, self.fast_jpeg_decode)
         except ClientError as exc:
             return ErrorInfo(exc.status, exc.message)
         except Exception as exc:  # a decoder bug must fail one image, not the batch
             return ErrorInfo(422, f"image could not be decoded: {exc}")
 
     def run(self, tensor: np.ndarray, alone: bool = False) -> np.ndarray:
-        """Raw logits for an [N, 3, 224, 224] float32 batch.
+        """Raw logits for an ``[N, *spec.input_shape]`` float32 batch.
 
         ``alone``: the caller has no other batch on the way, so if none is running here
         either, the batch may take the lone-batch session's extra threads. Under load

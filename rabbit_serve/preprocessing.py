@@ -1,7 +1,9 @@
-"""Image bytes to model input, with the model's preprocessing contract.
+"""Image bytes to model input, the way the model's spec says.
 
-EfficientNet-Lite0 expects RGB, short side resized to 256, a 224x224 centre crop,
-``(x - 127) / 128`` as float32, laid out NCHW.
+RGB, the short side resized to ``spec.resize_short_side`` (bilinear, antialiased as
+Pillow resizes), the centre ``spec.crop`` square, ``(x - mean) / std`` as float32,
+laid out NCHW. Every pixel of the photo is decoded unless the caller opts into the
+fast JPEG decode (see :func:`decode_rgb`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from rabbit_serve.errors import ClientError
+from rabbit_serve.model_spec import ModelSpec
 
-RESIZE_SHORT_SIDE = 256
-CROP_SIZE = 224
-MEAN = 127.0
-STD = 128.0
+# The fast decode keeps at least this many times the resize's short side, so the
+# antialiased resize still does most of the filtering (see docs/performance.md).
+FAST_DECODE_MARGIN = 2
+
 # What clients may send. Pillow would also open PostScript/EPS (by running
 # Ghostscript on the client's file), ICNS, PSD and more: none of that is accepted.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
@@ -64,13 +67,20 @@ def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
     return ImageInfo(format=str(image.format), width=image.width, height=image.height)
 
 
-def decode_rgb(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode fully to RGB; a truncated or corrupt file raises a 422 ``ClientError``."""
+def decode_rgb(data: bytes, max_pixels: int, draft_short_side: int = 0) -> Image.Image:
+    """Decode to RGB; a truncated or corrupt file raises a 422 ``ClientError``.
+
+    ``draft_short_side`` > 0 lets a JPEG decode at a reduced scale (DCT scaling, 1/2 to
+    1/8) whose short side stays at least that long: several times less work on a phone
+    photo, but DCT scaling is not the bilinear filter of the model's contract, so
+    scores move (up to 0.06 at twice the resize's short side, 0.11 at once). 0 decodes
+    every pixel.
+    """
     image = _open(data, max_pixels)
-    # JPEG can decode straight at a reduced scale (DCT scaling) that still leaves the
-    # short side >= 256: much less work for large photos, same model input size.
-    if image.format == "JPEG":
-        image.draft("RGB", (RESIZE_SHORT_SIDE, RESIZE_SHORT_SIDE))
+    if draft_short_side > 0 and image.format == "JPEG":
+        # Pillow keeps both sides >= the requested ones, so a square request bounds
+        # the short side.
+        image.draft("RGB", (draft_short_side, draft_short_side))
     try:
         image.load()
     except (OSError, ValueError, SyntaxError) as exc:
@@ -89,40 +99,47 @@ def decode_rgb(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def resize_and_crop(image: Image.Image) -> Image.Image:
-    """Short side to 256, then the centre 224 x 224, in one resampling pass.
+def resize_and_crop(image: Image.Image, spec: ModelSpec) -> Image.Image:
+    """Short side to ``spec.resize_short_side``, then the centre ``spec.crop`` square,
+    in one resampling pass.
 
     Resampling only the source region that lands in the crop gives the same pixels as
     resizing the whole image and cropping (within one grey level of rounding), for
     about 40 % of the work.
     """
+    crop = spec.crop
     width, height = image.size
-    scale = RESIZE_SHORT_SIDE / min(width, height)
-    new_width = max(CROP_SIZE, round(width * scale))
-    new_height = max(CROP_SIZE, round(height * scale))
-    left = (new_width - CROP_SIZE) // 2
-    top = (new_height - CROP_SIZE) // 2
+    scale = spec.resize_short_side / min(width, height)
+    new_width = max(crop, round(width * scale))
+    new_height = max(crop, round(height * scale))
+    left = (new_width - crop) // 2
+    top = (new_height - crop) // 2
     x_scale, y_scale = width / new_width, height / new_height
     box = (
         left * x_scale,
         top * y_scale,
-        (left + CROP_SIZE) * x_scale,
-        (top + CROP_SIZE) * y_scale,
+        (left + crop) * x_scale,
+        (top + crop) * y_scale,
     )
-    return image.resize((CROP_SIZE, CROP_SIZE), Image.Resampling.BILINEAR, box=box)
+    return image.resize((crop, crop), Image.Resampling.BILINEAR, box=box)
 
 
-def to_tensor(image: Image.Image) -> np.ndarray:
-    """HWC uint8 RGB to CHW float32 normalised the model's way."""
+def to_tensor(image: Image.Image, spec: ModelSpec) -> np.ndarray:
+    """HWC uint8 RGB to CHW float32, ``(x - mean) / std`` per channel."""
     pixels = np.asarray(image)
     height, width, _ = pixels.shape
     out = np.empty((3, height, width), dtype=np.float32)
-    # One pass that converts, transposes and centres; 1/128 is exact in float32.
-    np.subtract(pixels.transpose(2, 0, 1), MEAN, out=out, dtype=np.float32)
-    out *= 1.0 / STD
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(3, 1, 1)
+    # One pass that converts, transposes and centres, then one that scales in place.
+    np.subtract(pixels.transpose(2, 0, 1), mean, out=out, dtype=np.float32)
+    out /= std
     return out
 
 
-def preprocess(data: bytes, max_pixels: int) -> np.ndarray:
-    """Encoded image bytes to one [3, 224, 224] float32 array."""
-    return to_tensor(resize_and_crop(decode_rgb(data, max_pixels)))
+def preprocess(
+    data: bytes, spec: ModelSpec, max_pixels: int, fast_jpeg_decode: bool = False
+) -> np.ndarray:
+    """Encoded image bytes to one ``spec.input_shape`` float32 array."""
+    draft = FAST_DECODE_MARGIN * spec.resize_short_side if fast_jpeg_decode else 0
+    return to_tensor(resize_and_crop(decode_rgb(data, max_pixels, draft), spec), spec)

@@ -50,6 +50,19 @@ def test_info_reports_provider_and_hash(model):
     assert info["provider"] == CPU
     assert len(info["sha256"]) == 64 and info["num_classes"] == 1000
     assert info["input_shape"][1:] == [3, 224, 224]
+    assert info["spec"] == {
+        "name": "efficientnet-lite0",
+        "input_size": 224,
+        "resize_short_side": 256,
+        "crop": 224,
+        "mean": [127.0, 127.0, 127.0],
+        "std": [128.0, 128.0, 128.0],
+        "layout": "NCHW",
+        "color": "RGB",
+        "num_classes": 1000,
+        "labels": "imagenet-1k",
+    }
+    assert info["fast_jpeg_decode"] is False
 
 
 def test_provider_choice():
@@ -79,7 +92,7 @@ def test_a_lone_batch_gets_the_lone_session_and_overlapping_ones_the_one_thread_
     classifier = OnnxClassifier(DEFAULT_MODEL_PATH, intra_op_threads=1, lone_batch_threads=2)
     try:
         assert classifier._lone_session is not None
-        tensor = np.stack([preprocess(sample("coffee.jpg"), 10**8)] * 2)
+        tensor = np.stack([preprocess(sample("coffee.jpg"), classifier.spec, 10**8)] * 2)
         one_thread = classifier.session.run(None, {classifier.input_name: tensor})[0]
         two_threads = classifier._lone_session.run(None, {classifier.input_name: tensor})[0]
         np.testing.assert_allclose(one_thread, two_threads, rtol=1e-4, atol=1e-4)
