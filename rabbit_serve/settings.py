@@ -101,7 +101,9 @@ class Settings(BaseSettings):
 
     # Model.
     model_path: Path = Field(
-        DEFAULT_MODEL_PATH, description="ONNX ImageNet-1k classifier, input [N,3,224,224]."
+        DEFAULT_MODEL_PATH,
+        description="ONNX classifier; its spec beside it (same name, .json) says what input "
+        "it takes and names its classes.",
     )
     model_name: str = Field("efficientnet-lite0", description="Name reported to clients.")
     ort_intra_op_threads: int = Field(
@@ -128,6 +130,12 @@ class Settings(BaseSettings):
     ort_allow_spinning: bool = Field(
         False,
         description="Let ONNX Runtime threads spin-wait; costs CPU when cores are shared.",
+    )
+    fast_jpeg_decode: bool = Field(
+        False,
+        description="Decode large JPEGs at a reduced scale (down to twice the resize's short "
+        "side): 2-4x less CPU on a 12 MP photo, but scores move up to about 0.06 from the "
+        "model's own preprocessing. Off: every pixel is decoded.",
     )
 
     # Security.
