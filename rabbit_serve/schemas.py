@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rabbit_serve.model_spec import ModelSpec
+
 _STRICT = ConfigDict(extra="forbid")
 
 
@@ -137,5 +139,9 @@ class ModelInfo(BaseModel):
     input_name: str
     input_shape: list[int | str | None]
     num_classes: int
+    spec: ModelSpec = Field(description="The model's spec: its input contract and labels.")
+    fast_jpeg_decode: bool = Field(
+        description="Large JPEGs are decoded at a reduced scale (FAST_JPEG_DECODE)."
+    )
     node_id: str
     gpu_ids: list[str]
