@@ -26,26 +26,33 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 def wire(
     settings: Settings,
     *,
-    ingress_replicas: int = 1,
-    classifier_replicas: int = 1,
+    ingress_replicas: int | None = None,
+    classifier_replicas: int | None = None,
     classifier_actor_options: dict[str, Any] | None = None,
 ) -> Application:
     """The deployment graph for ``settings``; for ``serve.run`` from Python.
 
+    Options left out keep the ``@serve.deployment`` decorator's (Serve's one replica).
     ``classifier_actor_options`` are merged into the classifier's Ray actor options:
-    ``{"num_gpus": 1}`` places each replica on a GPU node. Replica counts and
-    resources set in a Serve config file take precedence.
+    ``{"num_gpus": 1}`` places each replica on a GPU node. Replica counts and resources
+    set in a Serve config file take precedence.
     """
-    classifier = Classifier.options(
-        num_replicas=classifier_replicas,
-        ray_actor_options={
+    classifier_options: dict[str, Any] = _replicas(classifier_replicas)
+    if classifier_actor_options:
+        # .options() replaces the decorator's actor options as a whole: merge, so that
+        # asking for a GPU keeps the decorator's num_cpus.
+        classifier_options["ray_actor_options"] = {
             **(Classifier.ray_actor_options or {}),
-            **(classifier_actor_options or {}),
-        },
-    ).bind(settings)
+            **classifier_actor_options,
+        }
+    classifier = Classifier.options(**classifier_options).bind(settings)
     consumers = None
     if settings.num_consumers > 0:
         consumers = BatchingConsumer.options(num_replicas=settings.num_consumers).bind(
             settings, classifier
         )
-    return Ingress.options(num_replicas=ingress_replicas).bind(settings, classifier, consumers)
+    return Ingress.options(**_replicas(ingress_replicas)).bind(settings, classifier, consumers)
+
+
+def _replicas(count: int | None) -> dict[str, Any]:
+    return {} if count is None else {"num_replicas": count}

@@ -111,8 +111,8 @@ def deploy(
     name: str,
     route: str,
     base_url: str,
-    ingress_replicas: int = 1,
-    classifier_replicas: int = 1,
+    ingress_replicas: int | None = None,
+    classifier_replicas: int | None = None,
     classifier_actor_options: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> App:
