@@ -1,0 +1,119 @@
+"""The hand-back rule: publish a result with the broker's confirm, and only then ack.
+
+The results bound for one ingress replica leave in a single reply message, so a batch
+costs one publish and one delivery per replica instead of one per image; a webhook
+result goes, rendered, to the durable outbox, one entry per image. A publish that is
+not confirmed leaves its requests unacked: they go back to the queue (requeued, or
+redelivered by the broker when the connection that held them is gone), and the
+ingress ignores a second result for the same task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Sequence
+from typing import NamedTuple
+
+from consumer.dedup import RecentIds
+from consumer.outbox import outbox_entry
+from consumer.outcomes import Outcome, Rework, Tally
+from rabbit_serve.messages import RESULT_CONTENT_TYPE, ClassifyResult, ClassifyTask, encode_reply
+from rabbit_serve.transport import Inbound, Outbound, Publisher, PublishFailed, SettleFailed
+
+logger = logging.getLogger("rabbit_serve.consumer")
+
+
+class Answer(NamedTuple):
+    inbound: Inbound
+    task: ClassifyTask
+    result: ClassifyResult
+
+
+class HandBack:
+    def __init__(
+        self,
+        publisher: Publisher,
+        tally: Tally,
+        answered: RecentIds,
+        *,
+        webhook_queue: str,
+        model_name: str,
+    ) -> None:
+        self._publisher = publisher
+        self._tally = tally
+        self._answered = answered
+        self._webhook_queue = webhook_queue
+        self._model_name = model_name
+
+    async def answer(self, answers: Sequence[Answer], *, outcome: Outcome | None = None) -> None:
+        """Hand back every answer, then ack its request. ``outcome`` overrides what is
+        counted (``answered`` / ``webhook_queued``), e.g. for a dead letter."""
+        replies: dict[str, list[Answer]] = defaultdict(list)
+        webhooks: list[Answer] = []
+        for answer in answers:
+            if answer.task.callback_url:
+                webhooks.append(answer)
+            else:
+                replies[answer.task.reply_to or ""].append(answer)
+        await asyncio.gather(
+            *(
+                self._settle(
+                    group,
+                    outcome or Outcome.ANSWERED,
+                    Outbound(
+                        encode_reply([a.result for a in group]),
+                        content_type=RESULT_CONTENT_TYPE,
+                        # Its queue is exclusive and dies with its replica: nothing to persist.
+                        persistent=False,
+                    ),
+                    queue,
+                )
+                for queue, group in replies.items()
+            ),
+            *(
+                self._settle(
+                    [answer],
+                    outcome or Outcome.WEBHOOK_QUEUED,
+                    outbox_entry(answer.result, answer.task.callback_url or "", self._model_name),
+                    self._webhook_queue,
+                )
+                for answer in webhooks
+            ),
+        )
+
+    async def requeue(self, inbounds: Sequence[Inbound], kind: Rework = Rework.REQUEUED) -> None:
+        """Back to the queue: a failure that may pass, or one the delivery limit bounds."""
+        self._tally.again(kind, len(inbounds))
+        for inbound in inbounds:
+            await settle(inbound.requeue(), inbound)
+
+    async def _settle(
+        self, answers: list[Answer], outcome: Outcome, message: Outbound, routing_key: str
+    ) -> None:
+        try:
+            await self._publisher.publish(message, routing_key)
+        except PublishFailed as exc:
+            logger.warning(
+                "could not hand back %d result(s) (%s); they go back to the queue",
+                len(answers),
+                exc,
+            )
+            await self.requeue([a.inbound for a in answers], Rework.HANDBACK_FAILED)
+            return
+        self._tally.outcome(outcome, len(answers))
+        for answer in answers:
+            self._answered.add(answer.task.id)
+            await settle(answer.inbound.ack(), answer.inbound)
+
+
+async def settle(settling: Awaitable[None], inbound: Inbound) -> bool:
+    """Await an ack/requeue/reject; ``False`` (logged) if it could not reach the broker,
+    which then redelivers the message by itself."""
+    try:
+        await settling
+    except SettleFailed as exc:
+        logger.warning("message %s will be redelivered: %s", inbound.message_id, exc)
+        return False
+    return True
