@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from rabbit_serve import local_cluster
@@ -49,3 +52,13 @@ def test_queue_names_are_settings_and_all_under_the_prefix():
     app = App("a", "http://x", settings)
     assert app_queues(app)[0] == settings.request_queue
     assert set(app_queues(app)) == set(names.values()) - {settings.reply_queue_prefix}
+
+
+def test_make_run_exports_the_same_ray_environment():
+    # scripts/run_local.sh is shell and keeps its own exports; they must say the same.
+    script = (Path(__file__).resolve().parents[2] / "scripts" / "run_local.sh").read_text()
+    exported = {}
+    for name, value in re.findall(r"^export (RAY_\w+)=(\S+)", script, re.MULTILINE):
+        default = re.fullmatch(r'"\$\{(\w+):-([^}]*)\}"', value)
+        exported[name] = default[2] if default and default[1] == name else value
+    assert {**RAY_ENV_DEFAULTS, **SERVE_FAST_PATH_ENV}.items() <= exported.items()
