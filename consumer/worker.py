@@ -25,7 +25,6 @@ import time
 from typing import Any
 
 import httpx
-from aio_pika.abc import AbstractRobustConnection
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -62,7 +61,7 @@ class BatchingConsumer:
         self._tally = Tally(export=True)
         self._answered = RecentIds()
         self._http = httpx.AsyncClient()
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: broker.Connection | None = None
         self._driver: BatchDriver[Delivery] | None = None
         self._broker_error: str | None = None
         self._disconnected_since: float | None = time.monotonic()
@@ -114,7 +113,7 @@ class BatchingConsumer:
     ) -> list[ImageOutcome]:
         return await self._classifier.classify.remote(images, top_ks, alone)
 
-    async def _connect(self) -> AbstractRobustConnection:
+    async def _connect(self) -> broker.Connection:
         while True:
             try:
                 return await broker.connect(self._settings)
@@ -127,8 +126,9 @@ class BatchingConsumer:
         settings = self._settings
         self._connection = connection = await self._connect()
         self._broker_error = None
-        channel = await connection.channel(publisher_confirms=True)
-        await channel.set_qos(prefetch_count=settings.prefetch_count)
+        channel = await broker.open_channel(
+            connection, prefetch=settings.prefetch_count, confirms=True
+        )
         requests, dead_letters = await broker.declare_request_queue(channel, settings)
 
         hand_back = HandBack(
@@ -156,8 +156,9 @@ class BatchingConsumer:
         )
         # Its own channel: the outbox's prefetch bounds webhook deliveries in flight
         # without touching the request queue's.
-        webhook_channel = await connection.channel()
-        await webhook_channel.set_qos(prefetch_count=settings.webhook_concurrency)
+        webhook_channel = await broker.open_channel(
+            connection, prefetch=settings.webhook_concurrency
+        )
         outbox = await broker.declare_webhook_queue(webhook_channel, settings)
         sender = WebhookSender(
             self._http,

@@ -11,7 +11,12 @@ import logging
 from typing import Any, NamedTuple
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
 
 from rabbit_serve._amqp import AioPikaInbound, AioPikaPublisher, consume, to_aio_pika
 from rabbit_serve.settings import Settings
@@ -20,6 +25,7 @@ __all__ = [
     "RECONNECT_DELAY_S",
     "AioPikaInbound",
     "AioPikaPublisher",
+    "Connection",
     "QueueMismatch",
     "RequestQueues",
     "connect",
@@ -29,12 +35,15 @@ __all__ = [
     "declare_request_queue",
     "declare_webhook_queue",
     "is_connected",
+    "open_channel",
     "reply_queue_name",
     "request_queue_arguments",
     "to_aio_pika",
 ]
 
 logger = logging.getLogger(__name__)
+
+Connection = AbstractRobustConnection
 
 # Between attempts to open a first connection (a robust connection, once open,
 # re-opens itself on its own schedule).
@@ -52,6 +61,16 @@ async def connect(settings: Settings) -> AbstractRobustConnection:
         timeout=settings.broker_connect_timeout,
         client_properties={"connection_name": "rabbit-serve"},
     )
+
+
+async def open_channel(
+    connection: AbstractRobustConnection, *, prefetch: int, confirms: bool = False
+) -> AbstractRobustChannel:
+    """A channel with its own prefetch (unacked deliveries it may hold); with
+    ``confirms``, each publish on it waits for the broker's confirm."""
+    channel = await connection.channel(publisher_confirms=confirms)
+    await channel.set_qos(prefetch_count=prefetch)
+    return channel
 
 
 def request_queue_arguments(settings: Settings) -> dict[str, Any]:
