@@ -8,7 +8,8 @@ This class only wires the parts, each with one job:
 - :mod:`consumer.handback`: publish results with confirms, then ack;
 - :mod:`consumer.outbox`: webhook results through a durable outbox, POSTed apart;
 - :mod:`consumer.dead_letters`: answer the clients of messages the broker gave up on;
-- :mod:`consumer.outcomes`: each message counted once, and the metrics.
+- :mod:`consumer.outcomes`: each message counted once, and the metrics;
+- :mod:`consumer.liveness`: why the replica is unhealthy, for Serve's health check.
 
 Per replica: one robust broker connection with a prefetch of ``MAX_BATCH_SIZE x
 (MAX_BATCHES_IN_FLIGHT + 1)`` on the request queue (the batches in flight plus one
@@ -36,6 +37,7 @@ from consumer.dedup import RecentIds
 from consumer.driver import BatchDriver
 from consumer.guard import guarded
 from consumer.handback import HandBack
+from consumer.liveness import Liveness
 from consumer.outbox import WebhookSender
 from consumer.outcomes import Tally
 from consumer.webhook import WebhookPolicy
@@ -43,10 +45,6 @@ from rabbit_serve import broker
 from rabbit_serve.settings import Settings
 
 logger = logging.getLogger("rabbit_serve.consumer")
-
-# A broker outage shorter than this is ridden out by the robust connection; a longer
-# one fails the health check (with the reason), and Serve restarts the replica.
-BROKER_LOST_GRACE_S = 30.0
 
 
 @serve.deployment(
@@ -64,29 +62,22 @@ class BatchingConsumer:
         self._connection: broker.Connection | None = None
         self._driver: BatchDriver[Delivery] | None = None
         self._broker_error: str | None = None
-        self._disconnected_since: float | None = time.monotonic()
+        self._liveness = Liveness(time.monotonic())
         self._runner = asyncio.create_task(self._run())
 
     # -- Serve hooks -------------------------------------------------------------------------
 
     def check_health(self) -> None:
-        """Raises, with the reason, if the consume loop died or the broker has been out of
-        reach for longer than BROKER_LOST_GRACE_S; Serve then restarts this replica."""
-        if self._runner.done() and not self._runner.cancelled():
-            exc = self._runner.exception()
-            if exc is not None:
-                raise RuntimeError(f"consumer loop died: {exc!r}")
-        if broker.is_connected(self._connection):
-            self._disconnected_since = None
-            return
-        now = time.monotonic()
-        if self._disconnected_since is None:
-            self._disconnected_since = now
-        elif now - self._disconnected_since > BROKER_LOST_GRACE_S:
-            detail = f": {self._broker_error}" if self._broker_error else ""
-            raise RuntimeError(
-                f"no broker connection for {now - self._disconnected_since:.0f}s{detail}"
-            )
+        """Raises, with the reason, if the consume loop died or the broker has been out
+        of reach for longer than ``BROKER_LOST_GRACE_S``: Serve then restarts the replica."""
+        problem = self._liveness.problem(
+            self._runner,
+            broker.is_connected(self._connection),
+            time.monotonic(),
+            self._broker_error,
+        )
+        if problem is not None:
+            raise RuntimeError(problem)
 
     def stats(self) -> dict[str, Any]:
         driver = self._driver

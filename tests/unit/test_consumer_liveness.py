@@ -1,0 +1,42 @@
+"""The consumer's health: unhealthy with a reason, and only for what a restart can fix."""
+
+from __future__ import annotations
+
+import asyncio
+
+from consumer.liveness import Liveness
+
+
+async def test_a_dead_consume_loop_is_reported_with_its_exception():
+    async def boom() -> None:
+        raise RuntimeError("queue mismatch")
+
+    runner = asyncio.create_task(boom())
+    await asyncio.sleep(0)
+    problem = Liveness(0.0).problem(runner, connected=True, now=1.0)
+    assert problem is not None and "consumer loop died" in problem and "queue mismatch" in problem
+
+
+async def test_a_short_outage_is_ridden_out_and_a_long_one_is_reported():
+    live = Liveness(0.0, grace=30.0)
+    assert live.problem(None, connected=True, now=1.0) is None
+    assert live.problem(None, connected=False, now=10.0) is None  # outage starts
+    assert live.problem(None, connected=False, now=39.0) is None
+    problem = live.problem(None, connected=False, now=41.0, broker_error="ConnectionRefused")
+    assert problem == "no broker connection for 31s (ConnectionRefused)"
+    assert live.problem(None, connected=True, now=42.0) is None  # back: healthy again
+
+
+async def test_never_connected_counts_from_the_start():
+    live = Liveness(100.0, grace=5.0)
+    assert live.problem(None, connected=False, now=104.0) is None
+    assert "no broker connection for 6s" in (live.problem(None, connected=False, now=106.0) or "")
+
+
+async def test_a_finished_setup_loop_is_healthy():
+    async def set_up() -> None:
+        return None
+
+    runner = asyncio.create_task(set_up())
+    await runner
+    assert Liveness(0.0).problem(runner, connected=True, now=1.0) is None
