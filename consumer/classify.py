@@ -176,9 +176,14 @@ class BatchProcessor:
             if len(outcomes) != len(batch):
                 raise ValueError(f"{len(outcomes)} outcomes for a batch of {len(batch)}")
         except Exception as exc:
-            why = "may pass" if may_pass(exc) else "raised by the classifier itself"
+            passing = may_pass(exc)
             logger.error(
-                "classifier failed on a batch of %d (%r, %s); requeueing it", len(batch), exc, why
+                "classifier failed on a batch of %d (%r, %s); requeueing it",
+                len(batch),
+                exc,
+                "may pass" if passing else "raised by the classifier itself",
+                # A failure of the classifier's own code: its traceback says where.
+                exc_info=not passing,
             )
             await self._hand_back.requeue([d.inbound for d in batch])
             return
