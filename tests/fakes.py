@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ray.exceptions import RayTaskError
+
 from rabbit_serve.messages import ClassifyTask, ErrorInfo, encode_task
 from rabbit_serve.transport import Outbound, PublishFailed, SettleFailed
 
@@ -119,3 +121,9 @@ class FakeClassifier:
             ErrorInfo(422, "undecodable image") if image in self.bad else predictions(k)
             for image, k in zip(images, top_ks, strict=True)
         ]
+
+
+def task_error(cause: Exception) -> RayTaskError:
+    """What awaiting a Serve call raises when the replica's own code raised ``cause``."""
+    error = RayTaskError("classify", "Traceback: ...", cause, proctitle="t", pid=1, ip="127.0.0.1")
+    return error.as_instanceof_cause()

@@ -7,7 +7,7 @@ import time
 
 import orjson
 import pytest
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
+from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve.exceptions import BackPressureError, RayServeException
 
 from consumer.admission import Delivery
@@ -17,16 +17,10 @@ from consumer.handback import HandBack
 from consumer.outcomes import Outcome, Rework, Tally
 from rabbit_serve.messages import H_CALLBACK_URL, decode_reply
 from tests.factories import make_task
-from tests.fakes import FakeClassifier, FakeInbound, FakePublisher
+from tests.fakes import FakeClassifier, FakeInbound, FakePublisher, task_error
 
 WEBHOOKS = "test.webhooks"
 MODEL = "test-model"
-
-
-def task_error(cause: Exception) -> RayTaskError:
-    """What awaiting a Serve call raises when the replica's own code raised ``cause``."""
-    error = RayTaskError("classify", "Traceback: ...", cause, proctitle="t", pid=1, ip="127.0.0.1")
-    return error.as_instanceof_cause()
 
 
 class Rig:

@@ -10,6 +10,7 @@ from ray.exceptions import ActorDiedError
 from consumer.admission import Admission, Delivery
 from consumer.batching import Batcher
 from consumer.classify import BatchProcessor
+from consumer.dead_letters import DeadLetterAnswerer
 from consumer.dedup import RecentIds
 from consumer.driver import BatchDriver
 from consumer.guard import guarded
@@ -17,17 +18,17 @@ from consumer.handback import HandBack
 from consumer.outcomes import Outcome, Rework, Tally
 from rabbit_serve.messages import decode_reply
 from tests.factories import make_task
-from tests.fakes import FakeClassifier, FakeInbound, FakePublisher
+from tests.fakes import FakeClassifier, FakeInbound, FakePublisher, task_error
 
 
 class Consumer:
     def __init__(self, classifier: FakeClassifier, publisher: FakePublisher) -> None:
         self.tally = Tally()
         self.answered = RecentIds()
-        hand_back = HandBack(
+        self.hand_back = HandBack(
             publisher, self.tally, self.answered, webhook_queue="test.webhooks", model_name="m"
         )
-        processor = BatchProcessor(classifier, hand_back, self.tally, retry_delay=0.001)
+        processor = BatchProcessor(classifier, self.hand_back, self.tally, retry_delay=0.001)
         self.driver: BatchDriver[Delivery] = BatchDriver(
             Batcher(4, timeout=0.01, max_in_flight=2), processor, on_error=processor.on_error
         )
@@ -92,3 +93,30 @@ async def test_a_hung_publish_holds_the_acks_and_the_slot_until_confirmed():
     publisher.release()
     await consumer.idle()
     assert inbound.settled_as == "ack"
+
+
+async def test_a_deterministic_failure_costs_delivery_limit_plus_one_calls_then_a_503():
+    """The broker's part played by hand: a requeued message comes back redelivered until
+    the delivery limit, then goes to the dead-letter queue and its answerer."""
+    limit = 3
+    error = task_error(ValueError("the model rejects this input"))
+    classifier = FakeClassifier(fail_with=error, fail_times=10**6)
+    publisher = FakePublisher()
+    consumer = Consumer(classifier, publisher)
+    answerer = DeadLetterAnswerer(consumer.hand_back, consumer.tally, delivery_limit=limit)
+    task = make_task("r.0")
+    for delivery in range(limit + 1):
+        inbound = FakeInbound.of(task, redelivered=delivery > 0)
+        await consumer.on_request(inbound)
+        await consumer.idle()
+        assert inbound.settled_as == "requeue"
+    dead = FakeInbound.of(task)
+    dead.headers = {**dead.headers, "x-first-death-reason": "delivery_limit"}
+    await answerer.on_dead_letter(dead)
+    assert len(classifier.calls) == limit + 1
+    (result,) = decode_reply(publisher.to("r.0")[0].body)
+    assert result.error is not None and result.error.status == 503
+    assert dead.settled_as == "ack"
+    # Counted once, at its final state; the deliveries before it are rework.
+    assert consumer.tally.outcomes == {Outcome.DEAD_LETTERED: 1}
+    assert consumer.tally.rework[Rework.REQUEUED] == limit + 1
