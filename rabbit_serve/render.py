@@ -14,7 +14,7 @@ format between processes; nothing here reads it except through ``ClassifyResult`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import orjson
@@ -23,10 +23,11 @@ from rabbit_serve.messages import ClassifyResult, ErrorInfo
 
 
 class Rendered(NamedTuple):
-    """An HTTP answer: its status and JSON body."""
+    """An HTTP answer: its status, JSON body and any extra headers."""
 
     status: int
     body: bytes
+    headers: Mapping[str, str] | None = None
 
 
 def timeout_message(timeout: float) -> str:
@@ -36,6 +37,16 @@ def timeout_message(timeout: float) -> str:
 def error(message: str) -> bytes:
     """``ErrorResponse``: the body of every 4xx and 5xx."""
     return orjson.dumps({"detail": message})
+
+
+def timed_out(timeout: float) -> Rendered:
+    """The 504 for a request that got no answer within ``timeout``."""
+    return Rendered(504, error(timeout_message(timeout)))
+
+
+def unavailable(message: str) -> Rendered:
+    """The 503 for work the broker did not take: the client may retry at once."""
+    return Rendered(503, error(message), {"Retry-After": "1"})
 
 
 def _timings(result: ClassifyResult) -> dict[str, float]:
@@ -93,7 +104,7 @@ def classified(
     image without an answer a 504 of its own.
     """
     if all(r is None for r in results):
-        return Rendered(504, error(timeout_message(timeout)))
+        return timed_out(timeout)
     total = round(total_ms, 3)
     if not multi:
         result = results[0]
@@ -128,6 +139,11 @@ def classified(
             )
     body = {"id": request_id, "model": model, "results": entries, "timings_ms": {"total": total}}
     return Rendered(200, orjson.dumps(body))
+
+
+def model_info(info: Mapping[str, Any]) -> bytes:
+    """``ModelInfo``: what the classifier reports about its model, as it reports it."""
+    return orjson.dumps(dict(info))
 
 
 def health(broker: bool, classifier: bool, reason: str | None) -> Rendered:

@@ -1,0 +1,172 @@
+"""One ingress replica's work behind the HTTP routes: publish each image, wait for its result.
+
+The routes find the replica's :class:`IngressService` through :func:`current_service`
+(a FastAPI dependency), so they are tested with a fake one and no Serve, broker or Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Annotated, Protocol
+
+from fastapi import Depends
+
+from ingress.health import ClassifierProbe
+from ingress.parsing import ParsedRequest, request_start
+from ingress.pending import PendingResults
+from rabbit_serve import render
+from rabbit_serve.errors import ClientError, ServiceUnavailable
+from rabbit_serve.messages import ClassifyTask, encode_task
+from rabbit_serve.render import Rendered
+from rabbit_serve.settings import Settings
+from rabbit_serve.transport import Outbound
+from rabbit_serve.webhook_security import WebhookRefused, resolve
+
+
+class TaskPublisher(Protocol):
+    """What the service needs from :class:`ingress.producer.Producer`."""
+
+    reply_queue: str
+    malformed_results: int
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def publish(self, message: Outbound) -> None:
+        """Returns once the broker confirmed; raises :class:`ServiceUnavailable`."""
+        ...
+
+
+class IngressService:
+    def __init__(
+        self,
+        settings: Settings,
+        producer: TaskPublisher,
+        pending: PendingResults,
+        probe: ClassifierProbe,
+    ) -> None:
+        self.settings = settings
+        self._producer = producer
+        self._pending = pending
+        self._probe = probe
+
+    async def classify(
+        self, parsed: ParsedRequest, request_start_header: str | None, started: float
+    ) -> Rendered:
+        """Publish one task per image, then answer: with the results, at once with 202
+        for a webhook, 503 if the broker does not take them, 504 past the deadline.
+        ``started`` is ``time.perf_counter()`` when the request arrived."""
+        if parsed.callback_url:
+            await self._check_webhook(parsed.callback_url)
+        request_id = uuid.uuid4().hex
+        sent_at = time.time()
+        deadline = request_start(request_start_header, sent_at) + self.settings.timeout
+        if deadline <= sent_at:
+            # It already waited TIMEOUT in front of us: nobody is waiting for the answer.
+            return render.timed_out(self.settings.timeout)
+        reply_to = None if parsed.callback_url else self._producer.reply_queue
+        tasks = [
+            ClassifyTask(
+                id=f"{request_id}-{i}",
+                request_id=request_id,
+                index=i,
+                image=image,
+                top_k=parsed.top_k,
+                sent_at=sent_at,
+                deadline=deadline,
+                reply_to=reply_to,
+                callback_url=parsed.callback_url,
+            )
+            for i, image in enumerate(parsed.images)
+        ]
+        if parsed.callback_url:
+            try:
+                await self._publish_all(tasks)
+            except ServiceUnavailable as exc:
+                return render.unavailable(str(exc))
+            return Rendered(
+                202, render.accepted(request_id, parsed.callback_url, [t.id for t in tasks])
+            )
+        return await self._wait_for_results(request_id, parsed.multi, tasks, started)
+
+    async def _wait_for_results(
+        self, request_id: str, multi: bool, tasks: list[ClassifyTask], started: float
+    ) -> Rendered:
+        # Registered before publishing, so a result can never arrive unexpected.
+        futures = [self._pending.expect(t.id) for t in tasks]
+        try:
+            try:
+                await self._publish_all(tasks)
+            except ServiceUnavailable as exc:
+                return render.unavailable(str(exc))
+            remaining = tasks[0].deadline - time.time()
+            await asyncio.wait(futures, timeout=max(remaining, 0))
+        finally:
+            # Also runs when the client disconnects and Serve cancels the handler:
+            # nothing stays registered, and a late result is counted, not kept.
+            for task in tasks:
+                self._pending.forget(task.id)
+        results = [f.result() if f.done() and not f.cancelled() else None for f in futures]
+        return render.classified(
+            request_id,
+            self.settings.model_name,
+            results,
+            multi=multi,
+            timeout=self.settings.timeout,
+            total_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    async def _publish_all(self, tasks: list[ClassifyTask]) -> None:
+        await asyncio.gather(*(self._producer.publish(encode_task(t)) for t in tasks))
+
+    async def _check_webhook(self, url: str) -> None:
+        """Resolve the webhook host now, so a refused destination is a 422, not a silent
+        drop later (the consumer checks again when it delivers)."""
+        try:
+            await resolve(
+                url, self.settings.webhook_allowed_hosts, self.settings.webhook_allow_private
+            )
+        except WebhookRefused as exc:
+            raise ClientError(422, str(exc)) from None
+
+    async def health(self) -> Rendered:
+        """200 only when the broker connection is open and the classifier answers."""
+        broker = self._producer.ready
+        _, classifier_reason = await self._probe.check()
+        reasons = [] if broker else ["message broker is not connected"]
+        if classifier_reason:
+            reasons.append(classifier_reason)
+        return render.health(broker, classifier_reason is None, "; ".join(reasons))
+
+    async def model(self) -> Rendered:
+        info, reason = await self._probe.check()
+        if info is None:
+            return Rendered(503, render.error(f"classifier is not ready: {reason}"))
+        return Rendered(200, render.model_info(info))
+
+    def stats(self) -> Rendered:
+        return Rendered(
+            200,
+            render.stats(
+                pending=len(self._pending),
+                delivered=self._pending.delivered,
+                late_results=self._pending.late,
+                malformed_results=self._producer.malformed_results,
+                broker=self._producer.ready,
+                reply_queue=self._producer.reply_queue,
+            ),
+        )
+
+
+async def current_service() -> IngressService:
+    """The serving replica's service (Serve's replica context); tests override this
+    dependency with ``app.dependency_overrides``."""
+    from ray import serve
+
+    return serve.get_replica_context().servable_object.service
+
+
+# A route's parameter ``service: Service`` receives the replica's service.
+Service = Annotated[IngressService, Depends(current_service)]

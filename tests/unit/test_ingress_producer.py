@@ -1,0 +1,31 @@
+"""What the Producer tells a client when the broker does not take its work."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingress.producer import Producer, client_message
+from rabbit_serve.errors import ServiceUnavailable
+from rabbit_serve.messages import encode_task
+from rabbit_serve.settings import Settings
+from rabbit_serve.transport import PublishFailed, PublishRefused, PublishTimedOut
+from tests.factories import make_task
+
+
+@pytest.mark.parametrize(
+    "exc,text",
+    [
+        (PublishRefused("nack"), "the request queue is full; retry after the Retry-After delay"),
+        (PublishTimedOut("5s"), "message broker did not confirm the publish in time"),
+        (PublishFailed("channel closed"), "message broker refused the message: channel closed"),
+    ],
+)
+def test_each_publish_failure_has_a_message_for_the_client(exc, text):
+    assert client_message(exc) == text
+
+
+async def test_before_any_connection_a_publish_is_refused_at_once():
+    producer = Producer(Settings(), "unit", lambda result: None)
+    assert not producer.ready
+    with pytest.raises(ServiceUnavailable, match="message broker is not reachable"):
+        await producer.publish(encode_task(make_task(producer.reply_queue)))
