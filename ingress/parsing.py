@@ -21,7 +21,10 @@ from rabbit_serve.settings import Settings
 from rabbit_serve.webhook_security import WebhookRefused, check_url
 
 _DATA_URI = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
-_WHITESPACE = re.compile(r"\s+")
+# Characters of base64 decoded per call (a multiple of 4): about 1 ms each on the
+# development machine. binascii holds the GIL for a whole call, so a body parsed on a
+# worker thread lets the event loop run only between calls.
+_B64_SLICE = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -59,20 +62,44 @@ def request_start(header: str | None, now: float) -> float:
     return min(stamp, now)
 
 
+def _b64decode(value: str) -> bytes:
+    """``base64.b64decode(value, validate=True)``, a slice at a time.
+
+    Slices are whole 4-character groups, so joined they decode to the same bytes; a
+    slice that ends in padding before the last one, or any other doubt, is settled by
+    decoding the whole string, so the result (or the error) is always exactly that of
+    the one-call decode.
+    """
+    if len(value) <= _B64_SLICE:
+        return base64.b64decode(value, validate=True)
+    parts = []
+    try:
+        for start in range(0, len(value), _B64_SLICE):
+            part = value[start : start + _B64_SLICE]
+            if part.endswith("=") and start + _B64_SLICE < len(value):
+                raise binascii.Error("padding before the end")
+            parts.append(base64.b64decode(part, validate=True))
+    except (binascii.Error, ValueError):
+        return base64.b64decode(value, validate=True)
+    return b"".join(parts)
+
+
 def decode_base64_image(value: str, max_bytes: int, what: str = "image") -> bytes:
     """Strict base64 (standard or URL-safe alphabet), size-checked before decoding."""
     if 0 < len(value) * 3 // 4 <= max_bytes + 2:
         # Canonical base64, what almost every client sends, decodes in one C pass; the
         # regex clean-up below tripled the ingress's parse time on a 35 KB JPEG.
         try:
-            data = base64.b64decode(value, validate=True)
+            data = _b64decode(value)
         except (binascii.Error, ValueError):
             pass
         else:
             if data and len(data) <= max_bytes:
                 return data
     value = _DATA_URI.sub("", value.strip(), count=1)
-    value = _WHITESPACE.sub("", value)
+    # str.split() drops the same characters as the regex \s+ (str.isspace), 7x faster on
+    # 16 MiB of MIME-wrapped base64.
+    value = "".join(value.split())
     if not value:
         raise ClientError(422, f"{what} is empty")
     # Reject oversized input from its length alone, before allocating the decoded copy.
@@ -82,7 +109,7 @@ def decode_base64_image(value: str, max_bytes: int, what: str = "image") -> byte
         value = value.replace("-", "+").replace("_", "/")
     value += "=" * (-len(value) % 4)
     try:
-        data = base64.b64decode(value, validate=True)
+        data = _b64decode(value)
     except (binascii.Error, ValueError):
         raise ClientError(400, f"{what} is not valid base64") from None
     if not data:
