@@ -213,7 +213,7 @@ async def test_one_pixel_png_is_classified(main_url, client):
 
 
 async def test_large_image_under_the_pixel_cap_is_classified(main_url, client):
-    # 12 Mpx of one colour: cheap to send, decoded at reduced scale by the JPEG draft mode.
+    # 12 Mpx of one colour: cheap to send, decoded in full (every pixel) by default.
     big = encode(Image.new("RGB", (4000, 3000), (120, 80, 40)), "JPEG")
     response = await client.post(classify_url(main_url), files={"file": ("big.jpg", big)})
     assert response.status_code == 200, response.text
