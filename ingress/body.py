@@ -26,7 +26,7 @@ photo in JSON stays inline too, at no extra CPU.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from fastapi import Request
@@ -41,6 +41,15 @@ MAX_MULTIPART_FILES = 1024
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 
 T = TypeVar("T")
+V = TypeVar("V")
+
+
+def single(values: Sequence[V], name: str) -> V | None:
+    """The one value of an option, ``None`` if absent; given twice it is ambiguous (which
+    one would win differs between clients and frameworks), so it is a 422."""
+    if len(values) > 1:
+        raise ClientError(422, f"'{name}' is given {len(values)} times; give it once")
+    return values[0] if values else None
 
 
 def _too_large(limit: int) -> ClientError:
@@ -88,8 +97,8 @@ async def read_classify_request(request: Request, settings: Settings) -> ParsedR
         # The file itself as the body: no base64, no JSON, no multipart to parse.
         return parse_upload(
             [("request body", await request.body())],
-            request.query_params.get("top_k"),
-            request.query_params.get("callback_url"),
+            single(request.query_params.getlist("top_k"), "top_k"),
+            single(request.query_params.getlist("callback_url"), "callback_url"),
             settings,
         )
     if content_type and "json" not in content_type:
@@ -116,8 +125,8 @@ async def _read_multipart(request: Request, settings: Settings) -> ParsedRequest
             if isinstance(upload, str):
                 raise ClientError(422, "'file' must be a file part, not a text field")
             files.append((upload.filename or "file", await upload.read()))
-        top_k = form.get("top_k")
-        callback_url = form.get("callback_url")
+        top_k = single(form.getlist("top_k"), "top_k")
+        callback_url = single(form.getlist("callback_url"), "callback_url")
         if not isinstance(top_k, (str, type(None))) or not isinstance(
             callback_url, (str, type(None))
         ):

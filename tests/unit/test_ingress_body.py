@@ -132,6 +132,20 @@ async def test_the_file_itself_with_options_in_the_query(content_type):
     assert parsed.callback_url == "https://hooks.example/x"
 
 
+async def test_an_option_given_twice_in_the_query_is_422():
+    # Found by the schema fuzzer: "top_k=3&top_k=" silently meant the default.
+    with pytest.raises(ClientError) as info:
+        await read(Body(COFFEE), {"content-type": "image/jpeg"}, "top_k=3&top_k=")
+    error = info.value
+    assert error.status == 422 and "'top_k' is given 2 times" in error.message
+
+
+async def test_an_option_given_twice_in_a_form_is_422():
+    data = multipart("b3", ("file", "a.jpg", COFFEE), ("top_k", None, b"1"), ("top_k", None, b"2"))
+    error = await refused(Body(data), {"content-type": "multipart/form-data; boundary=b3"})
+    assert error.status == 422 and "'top_k' is given 2 times" in error.message
+
+
 async def test_a_multipart_upload_with_several_files_and_fields():
     data = multipart(
         "b1", ("file", "a.jpg", COFFEE), ("file", "b.jpg", COFFEE), ("top_k", None, b"1")
