@@ -1,26 +1,29 @@
 """Read a classify request's body within the limits and parse it by its content type.
 
 JSON bodies of :data:`OFFLOAD_BYTES` or more are parsed on a worker thread. Measured on
-the development machine (2 shared cores, CPython 3.11, GIL switch interval 5 ms;
+the development machine (2 cores, idle, CPython 3.11, GIL switch interval 5 ms;
 ``parse_json`` of one JPEG in base64; loop stall = the longest gap of a 0.5 ms ticker
 on the same loop, median of 7-20 runs):
 
     body       parse_json   loop stall inline   loop stall via to_thread
-    48 KiB       0.17 ms         1.9 ms               1.6 ms
-    256 KiB      0.6 ms          2.5 ms               2.6 ms
-    1 MiB        2.6 ms          6.8 ms               5.3 ms
-    2 MiB        ~6 ms          11.6 ms               9.5 ms
-    16 MiB        56 ms           60 ms                19 ms
+    64 KiB       0.6 ms          1.8 ms               1.3 ms
+    256 KiB      1.5 ms          2.6 ms               1.7 ms
+    1 MiB        3.5 ms          4.7 ms               5.2 ms
+    2 MiB        7.7 ms          8.9 ms               6.6 ms
+    4 MiB         17 ms           18 ms               7.1 ms
+    8 MiB         35 ms           35 ms                10 ms
+    16 MiB        88 ms           88 ms                20 ms
 
-and ``asyncio.to_thread`` costs 30 µs of the loop's CPU (61 µs in all) and 86 µs of
+``asyncio.to_thread`` costs 30 µs of the loop's CPU (61 µs in all) and 86 µs of
 latency (median) per hand-off. The worker holds the GIL while orjson and binascii run,
-so until a parse outlasts the switch interval the loop waits for it just as long as if
-it had parsed inline, and the hand-off is pure cost; from about 1 MiB the loop gets the
-GIL back every switch interval (base64 is decoded in slices for that, see
-``ingress.parsing``), and its stall stops growing with the body: what remains is one
-``orjson.loads`` (~13 ms at 16 MiB). So 1 MiB. A raw or multipart image is only
-header-checked (~25-40 µs whatever its size) and stays on the loop; a typical 35-70 KB
-photo in JSON stays inline too, at no extra CPU.
+so until a parse outlasts the switch interval the loop waits for it about as long as if
+it had parsed inline, and the hand-off is pure cost (1 MiB: no better). From about
+1.5 MiB the loop gets the GIL back every switch interval (base64 is decoded in slices
+for that, see ``ingress.parsing``) and its stall stops growing with the body: what
+remains is one ``orjson.loads`` (~13 ms at 16 MiB). So 2 MiB, the first size where the
+worker wins. A raw or multipart image is only header-checked (~25-40 µs whatever its
+size) and stays on the loop; a typical 35-70 KB photo in JSON stays inline, at no
+extra CPU.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from ingress.parsing import ParsedRequest, parse_json, parse_upload
 from rabbit_serve.errors import ClientError
 from rabbit_serve.settings import Settings
 
-OFFLOAD_BYTES = 1024 * 1024
+OFFLOAD_BYTES = 2 * 1024 * 1024
 MAX_MULTIPART_FILES = 1024
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 
