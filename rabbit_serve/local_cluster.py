@@ -194,3 +194,15 @@ def app_queues(app: App) -> tuple[str, ...]:
 def delete_app_queues(app: App) -> None:
     for queue in app_queues(app):
         delete_queue(app.settings, queue)
+
+
+def remove_app(app: App) -> int:
+    """Delete ``app``, then its queues; returns the messages its request queue still held
+    once its consumers were gone (anything they had not acked is back there by then)."""
+    from ray import serve
+
+    serve.delete(app.name)
+    try:
+        return queue_depth(app.settings, app.settings.request_queue)
+    finally:
+        delete_app_queues(app)

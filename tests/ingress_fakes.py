@@ -14,7 +14,8 @@ from ingress.pending import PendingResults
 from ingress.service import IngressService, current_service
 from rabbit_serve.errors import ServiceUnavailable
 from rabbit_serve.messages import ClassifyResult, ClassifyTask, ErrorInfo, decode_task
-from rabbit_serve.settings import Settings
+from rabbit_serve.model_spec import load_spec
+from rabbit_serve.settings import DEFAULT_MODEL_PATH, Settings
 from rabbit_serve.transport import Outbound
 
 ESPRESSO = [{"class_id": 967, "label": "espresso", "score": 0.9}]
@@ -27,18 +28,7 @@ MODEL_INFO: dict[str, Any] = {
     "input_name": "images",
     "input_shape": ["batch", 3, 224, 224],
     "num_classes": 1000,
-    "spec": {
-        "name": "efficientnet-lite0",
-        "input_size": 224,
-        "resize_short_side": 256,
-        "crop": 224,
-        "mean": [127.0, 127.0, 127.0],
-        "std": [128.0, 128.0, 128.0],
-        "layout": "NCHW",
-        "color": "RGB",
-        "num_classes": 1000,
-        "labels": "imagenet-1k",
-    },
+    "spec": load_spec(DEFAULT_MODEL_PATH).model_dump(mode="json"),
     "fast_jpeg_decode": False,
     "node_id": "node",
     "gpu_ids": [],

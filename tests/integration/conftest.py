@@ -18,7 +18,7 @@ from rabbit_serve.local_cluster import (
     App,
     delete_app_queues,
     deploy,
-    queue_depth,
+    remove_app,
     start_cluster,
     stop_cluster,
     wait_healthy,
@@ -59,12 +59,7 @@ def main_app(serve_base_url: str) -> Iterator[App]:
         WEBHOOK_SECRET=WEBHOOK_SECRET,
     )
     yield app
-    serve.delete(app.name)
-    # With the consumers gone, anything unacked is back in the queue: it must be empty.
-    try:
-        depth = queue_depth(app.settings, app.settings.request_queue)
-    finally:
-        delete_app_queues(app)
+    depth = remove_app(app)
     assert depth == 0, f"{depth} messages were left unacknowledged in the request queue"
 
 

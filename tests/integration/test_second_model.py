@@ -8,9 +8,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from ray import serve
 
-from rabbit_serve.local_cluster import App, delete_app_queues, deploy, queue_depth, wait_healthy
+from rabbit_serve.local_cluster import App, deploy, remove_app, wait_healthy
 from tests import generated_model as tiny
 from tests.images import encode
 
@@ -38,11 +37,7 @@ def second_app(serve_base_url: str, tmp_path_factory: pytest.TempPathFactory) ->
         wait_healthy(app.url)
         yield app
     finally:
-        serve.delete(app.name)
-        try:
-            depth = queue_depth(app.settings, app.settings.request_queue)
-        finally:
-            delete_app_queues(app)
+        depth = remove_app(app)
     assert depth == 0, f"{depth} messages were left unacknowledged in the request queue"
 
 
