@@ -31,6 +31,9 @@ H_TOP_K = "rs-top-k"
 H_SENT_AT = "rs-sent-at-ms"
 H_DEADLINE = "rs-deadline-ms"
 H_CALLBACK_URL = "rs-callback-url"
+# Width x height, read from the image header by the ingress: the consumer's batches
+# stay within MAX_BATCH_PIXELS without decoding anything. 0 when unknown.
+H_PIXELS = "rs-pixels"
 
 
 class MalformedMessage(ValueError):
@@ -56,6 +59,7 @@ class ClassifyTask:
     deadline: float
     reply_to: str | None = None
     callback_url: str | None = None
+    pixels: int = 0
 
     def remaining(self, now: float | None = None) -> float:
         """Seconds until the client stops waiting (negative once it has)."""
@@ -72,6 +76,8 @@ def encode_task(task: ClassifyTask) -> Outbound:
     }
     if task.callback_url:
         headers[H_CALLBACK_URL] = task.callback_url
+    if task.pixels:
+        headers[H_PIXELS] = task.pixels
     return Outbound(
         body=task.image,
         message_id=task.id,
@@ -115,6 +121,9 @@ def decode_task(
         raise MalformedMessage(f"header {H_CALLBACK_URL!r} should be str")
     if not reply_to and not callback_url:
         raise MalformedMessage("message names neither reply_to nor a callback URL")
+    pixels = headers.get(H_PIXELS, 0)
+    if not isinstance(pixels, int) or isinstance(pixels, bool) or pixels < 0:
+        raise MalformedMessage(f"header {H_PIXELS!r} should be a non-negative int")
     top_k = _header(headers, H_TOP_K, int)
     if top_k < 1:
         raise MalformedMessage(f"top_k must be positive, got {top_k}")
@@ -128,6 +137,7 @@ def decode_task(
         deadline=_header(headers, H_DEADLINE, int) / 1000,
         reply_to=reply_to or None,
         callback_url=callback_url or None,
+        pixels=pixels,
     )
 
 

@@ -58,6 +58,18 @@ class Settings(BaseSettings):
     publish_timeout: float = Field(
         5.0, gt=0, description="Seconds to wait for a publisher confirm before answering 503."
     )
+    amqp_heartbeat: int = Field(
+        5,
+        ge=1,
+        le=600,
+        description="AMQP heartbeat timeout, seconds: the broker drops a silent client after "
+        "about this long, a client gives up on a silent broker after (this + 1) x 3.",
+    )
+    max_queue_bytes: int = Field(
+        1024**3,
+        ge=1,
+        description="Bytes of images the request queue holds; when full, requests get 503.",
+    )
 
     # Batching.
     max_batch_size: int = Field(
@@ -75,6 +87,30 @@ class Settings(BaseSettings):
     )
     max_batches_in_flight: int = Field(
         2, ge=1, le=64, description="Batches a consumer keeps at the classifier at once."
+    )
+    max_batch_pixels: int = Field(
+        120_000_000,
+        ge=1,
+        description="Decoded pixels one batch may carry (width x height summed): a burst of "
+        "huge images is split over several batches instead of exhausting a replica's memory.",
+    )
+    classify_timeout: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds one classifier call may take before the consumer abandons it "
+        "and tries again (a hung replica, a stopped process, a partitioned node).",
+    )
+    stall_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a consumer with work in hand may go without finishing a batch "
+        "before its health check fails and Serve replaces it.",
+    )
+    classifier_max_memory_mb: int = Field(
+        0,
+        ge=0,
+        description="Resident memory (MiB) past which a classifier replica exits so Serve "
+        "replaces it (a leak, or an image that blows up in decoding); 0: no limit.",
     )
     num_consumers: int = Field(
         1,
@@ -169,7 +205,34 @@ class Settings(BaseSettings):
     )
     webhook_timeout: float = Field(5.0, gt=0, description="Seconds per webhook POST attempt.")
     webhook_max_attempts: int = Field(
-        3, ge=1, le=20, description="Attempts per webhook before the result is dropped."
+        3,
+        ge=1,
+        le=20,
+        description="POST attempts per webhook before its result goes to the webhook "
+        "dead-letter queue.",
+    )
+    webhook_job_ttl: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="Seconds an accepted webhook job may wait for a consumer (not TIMEOUT); "
+        "past it, the webhook receives an error instead of a result.",
+    )
+    webhook_dead_letter_queue: str = Field(
+        "rabbit-serve.webhooks.dead",
+        description="Webhook results whose receiver never accepted them; list and replay "
+        "with `python -m rabbit_serve.webhook_dlq`.",
+    )
+    webhook_dedup_window: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds the ledger remembers a delivered webhook, so a redelivered "
+        "result is not POSTed again by any consumer.",
+    )
+    idempotency_window: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="Seconds an Idempotency-Key is remembered: a retry with it gets the "
+        "first answer, and nothing is queued twice.",
     )
 
     @field_validator("api_keys", "webhook_allowed_hosts", mode="before")
@@ -179,7 +242,13 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("reply_queue_prefix", "request_queue", "dead_letter_queue", "webhook_queue")
+    @field_validator(
+        "reply_queue_prefix",
+        "request_queue",
+        "dead_letter_queue",
+        "webhook_queue",
+        "webhook_dead_letter_queue",
+    )
     @classmethod
     def _non_empty(cls, value: str) -> str:
         if not value.strip():
