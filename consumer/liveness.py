@@ -1,22 +1,44 @@
-"""Why a consumer replica is not healthy, in words, for Serve's health check."""
+"""Why a consumer replica is not healthy, in words, for Serve's health check.
+
+Only what a restart can fix makes it unhealthy: the consume loop died, the broker has
+been out of reach past a grace period, or the consumer holds work and has finished no
+batch for ``STALL_TIMEOUT`` (its event loop or its classifier calls are stuck). A
+broker alarm that blocks publishing is not one of them: every consumer waits it out,
+and a new replica would wait too.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 # A broker outage shorter than this is ridden out by the robust connection; a longer
 # one fails the health check (with the reason), and Serve restarts the replica.
 BROKER_LOST_GRACE_S = 30.0
 
 
-class Liveness:
-    """Tracks how long the broker has been out of reach; :meth:`problem` says what is
-    wrong, or ``None``. Called on every health check (``now`` is monotonic)."""
+@dataclass(frozen=True)
+class Progress:
+    """What the consumer holds and when it last finished a batch (monotonic seconds)."""
 
-    def __init__(self, started: float, grace: float = BROKER_LOST_GRACE_S) -> None:
+    held: int = 0
+    last_progress: float = 0.0
+    blocked: bool = False
+
+
+class Liveness:
+    """Tracks how long the broker has been out of reach and how long work has been held
+    without progress; :meth:`problem` says what is wrong, or ``None``. Called on every
+    health check (``now`` is monotonic)."""
+
+    def __init__(
+        self, started: float, grace: float = BROKER_LOST_GRACE_S, stall: float | None = None
+    ) -> None:
         self._grace = grace
+        self._stall = stall
         # Not connected yet counts as out of reach since the start.
         self._disconnected_since: float | None = started
+        self._busy_since: float | None = None
 
     def problem(
         self,
@@ -24,14 +46,16 @@ class Liveness:
         connected: bool,
         now: float,
         broker_error: str | None = None,
+        progress: Progress | None = None,
     ) -> str | None:
         if runner is not None and runner.done() and not runner.cancelled():
             exc = runner.exception()
             if exc is not None:
                 return f"consumer loop died: {exc!r}"
+        stalled = self._stalled(progress, now) if connected else None
         if connected:
             self._disconnected_since = None
-            return None
+            return stalled
         if self._disconnected_since is None:
             self._disconnected_since = now
             return None
@@ -40,3 +64,20 @@ class Liveness:
             return None
         detail = f" ({broker_error})" if broker_error else ""
         return f"no broker connection for {out_for:.0f}s{detail}"
+
+    def _stalled(self, progress: Progress | None, now: float) -> str | None:
+        if progress is None or self._stall is None:
+            return None
+        if progress.held == 0 or progress.blocked:
+            # Idle, or waiting out a broker alarm: the clock starts again with new work.
+            self._busy_since = None
+            return None
+        if self._busy_since is None:
+            self._busy_since = now
+        quiet = now - max(self._busy_since, progress.last_progress)
+        if quiet <= self._stall:
+            return None
+        return (
+            f"no batch finished for {quiet:.0f}s while holding {progress.held} message(s) "
+            f"(STALL_TIMEOUT {self._stall:g}s)"
+        )

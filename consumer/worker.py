@@ -11,11 +11,13 @@ This class only wires the parts, each with one job:
 - :mod:`consumer.outcomes`: each message counted once, and the metrics;
 - :mod:`consumer.liveness`: why the replica is unhealthy, for Serve's health check.
 
-Per replica: one robust broker connection with a prefetch of ``MAX_BATCH_SIZE x
-(MAX_BATCHES_IN_FLIGHT + 1)`` on the request queue (the batches in flight plus one
-filling), and a second channel for the outbox with its own prefetch, so a slow or dead
-webhook receiver only ever slows other webhooks. A consumer that dies with unacked
-messages gets them redelivered.
+Per replica, two robust broker connections, as RabbitMQ advises: one consumes (the
+request queue with a prefetch of ``MAX_BATCH_SIZE x (MAX_BATCHES_IN_FLIGHT + 1)``, the
+batches in flight plus one filling; the dead letters; the outbox on a channel with its
+own prefetch, so a slow or dead webhook receiver only ever slows other webhooks) and
+one publishes (results and outbox entries, with confirms). A memory or disk alarm
+blocks only the publishing one, so acks keep flowing while results wait for the alarm
+to clear. A consumer that dies with unacked messages gets them redelivered.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from consumer.dedup import RecentIds
 from consumer.driver import BatchDriver
 from consumer.guard import guarded
 from consumer.handback import HandBack
-from consumer.liveness import Liveness
+from consumer.liveness import Liveness, Progress
 from consumer.outbox import WebhookSender
 from consumer.outcomes import Tally
 from consumer.webhook import WebhookPolicy
@@ -60,9 +62,11 @@ class BatchingConsumer:
         self._answered = RecentIds()
         self._http = httpx.AsyncClient()
         self._connection: broker.Connection | None = None
+        self._publishing: broker.Connection | None = None
         self._driver: BatchDriver[Delivery] | None = None
+        self._processor: BatchProcessor | None = None
         self._broker_error: str | None = None
-        self._liveness = Liveness(time.monotonic())
+        self._liveness = Liveness(time.monotonic(), stall=settings.stall_timeout)
         self._runner = asyncio.create_task(self._run())
 
     # -- Serve hooks -------------------------------------------------------------------------
@@ -72,9 +76,10 @@ class BatchingConsumer:
         of reach for longer than ``BROKER_LOST_GRACE_S``: Serve then restarts the replica."""
         problem = self._liveness.problem(
             self._runner,
-            broker.is_connected(self._connection),
+            broker.is_connected(self._connection) and broker.is_connected(self._publishing),
             time.monotonic(),
             self._broker_error,
+            self._progress(),
         )
         if problem is not None:
             raise RuntimeError(problem)
@@ -86,15 +91,27 @@ class BatchingConsumer:
             "waiting": driver.waiting if driver else 0,
             "batches_in_flight": driver.in_flight if driver else 0,
             "connected": broker.is_connected(self._connection),
+            "publishing_blocked": broker.is_blocked(self._publishing),
         }
+
+    def _progress(self) -> Progress:
+        driver, processor = self._driver, self._processor
+        if driver is None or processor is None:
+            return Progress()
+        return Progress(
+            held=driver.waiting + driver.in_flight,
+            last_progress=processor.last_progress,
+            blocked=broker.is_blocked(self._publishing),
+        )
 
     async def __del__(self) -> None:
         self._runner.cancel()
         if self._driver is not None:
             # What still waits is unacked: it returns to the queue when the connection closes.
             await self._driver.close(timeout=self._settings.timeout)
-        if self._connection is not None:
-            await self._connection.close()
+        for connection in (self._connection, self._publishing):
+            if connection is not None:
+                await connection.close()
         await self._http.aclose()
 
     # -- wiring ------------------------------------------------------------------------------
@@ -104,10 +121,11 @@ class BatchingConsumer:
     ) -> list[ImageOutcome]:
         return await self._classifier.classify.remote(images, top_ks, alone)
 
-    async def _connect(self) -> broker.Connection:
+    async def _connect(self, role: str) -> broker.Connection:
+        name = f"rabbit-serve consumer {serve.get_replica_context().replica_id.unique_id} {role}"
         while True:
             try:
-                return await broker.connect(self._settings)
+                return await broker.connect(self._settings, name=name)
             except Exception as exc:
                 self._broker_error = repr(exc)
                 logger.warning("broker unreachable (%s); retrying", exc)
@@ -115,21 +133,27 @@ class BatchingConsumer:
 
     async def _run(self) -> None:
         settings = self._settings
-        self._connection = connection = await self._connect()
+        self._connection = connection = await self._connect("consume")
+        self._publishing = publishing = await self._connect("publish")
         self._broker_error = None
-        channel = await broker.open_channel(
-            connection, prefetch=settings.prefetch_count, confirms=True
-        )
+        channel = await broker.open_channel(connection, prefetch=settings.prefetch_count)
         requests, dead_letters = await broker.declare_request_queue(channel, settings)
 
+        publisher = broker.AioPikaPublisher(
+            await broker.open_channel(publishing, confirms=True),
+            timeout=settings.publish_timeout,
+            connection=publishing,
+            # Results wait out a broker alarm rather than go round the queue again.
+            wait_unblocked=None,
+        )
         hand_back = HandBack(
-            broker.AioPikaPublisher(channel, timeout=settings.publish_timeout),
+            publisher,
             self._tally,
             self._answered,
             webhook_queue=settings.webhook_queue,
             model_name=settings.model_name,
         )
-        processor = BatchProcessor(self._classify, hand_back, self._tally)
+        self._processor = processor = BatchProcessor(self._classify, hand_back, self._tally)
         batcher: Batcher[Delivery] = Batcher(
             settings.max_batch_size,
             settings.batch_timeout,

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 
 from rabbit_serve import broker
 from rabbit_serve.errors import ServiceUnavailable
@@ -21,10 +21,12 @@ from rabbit_serve.messages import ClassifyResult, MalformedMessage, decode_reply
 from rabbit_serve.settings import Settings
 from rabbit_serve.transport import (
     Outbound,
+    PublishBlocked,
     Publisher,
     PublishFailed,
     PublishRefused,
     PublishTimedOut,
+    PublishUnroutable,
 )
 
 logger = logging.getLogger("rabbit_serve.ingress")
@@ -32,12 +34,23 @@ logger = logging.getLogger("rabbit_serve.ingress")
 
 def client_message(exc: PublishFailed) -> str:
     """What a client is told (with a 503) when the broker did not take its work."""
+    if isinstance(exc, PublishBlocked):
+        return (
+            "the message broker is blocking publishes (a memory or disk alarm); retry after "
+            "the Retry-After delay"
+        )
+    if isinstance(exc, PublishUnroutable):
+        return "the request queue does not exist (it is being re-declared); retry shortly"
     if isinstance(exc, PublishRefused):
         # A nack: with x-overflow=reject-publish this means the queue is at MAX_QUEUE_LENGTH.
         return "the request queue is full; retry after the Retry-After delay"
     if isinstance(exc, PublishTimedOut):
         return "message broker did not confirm the publish in time"
     return f"message broker refused the message: {exc}"
+
+
+# At most one re-declaration of a deleted request queue per this many seconds.
+REDECLARE_EVERY_S = 1.0
 
 
 class Producer:
@@ -53,6 +66,10 @@ class Producer:
         self._connection: AbstractRobustConnection | None = None
         self._publisher: broker.AioPikaPublisher | None = None
         self._connect_task: asyncio.Task[None] | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._redeclaring: asyncio.Task[None] | None = None
+        self._last_redeclare = float("-inf")
+        self._owner = owner
         self.malformed_results = 0
 
     @property
@@ -63,6 +80,19 @@ class Producer:
             and self._publisher is not None
             and self._publisher.ready
         )
+
+    @property
+    def blocked(self) -> bool:
+        """True while a broker alarm blocks this replica's publishes."""
+        return broker.is_blocked(self._connection)
+
+    def problem(self) -> str | None:
+        """Why this replica cannot take work now, for ``/healthz``; ``None`` if it can."""
+        if not self.ready:
+            return "message broker is not connected"
+        if self.blocked:
+            return "message broker is blocking publishes (memory or disk alarm)"
+        return None
 
     async def start(self) -> None:
         """Try to connect now; if the broker is down, keep trying in the background
@@ -84,9 +114,11 @@ class Producer:
                 logger.debug("broker still unreachable: %s", exc)
 
     async def _connect_once(self) -> None:
-        connection = await broker.connect(self._settings)
+        connection = await broker.connect(
+            self._settings, name=f"rabbit-serve ingress {self._owner}"
+        )
         try:
-            channel = await connection.channel(publisher_confirms=True)
+            channel = await broker.open_channel(connection, confirms=True)
             await broker.declare_request_queue(channel, self._settings)
             queue = await broker.declare_reply_queue(channel, self.reply_queue)
             # Results are tiny and losing one only costs that request a 504, so the
@@ -96,8 +128,13 @@ class Producer:
             await connection.close()
             raise
         self._connection = connection
+        self._channel = channel
+        # wait_unblocked=0: while an alarm lasts, a client gets its 503 at once.
         self._publisher = broker.AioPikaPublisher(
-            channel, timeout=self._settings.publish_timeout, mandatory=True
+            channel,
+            timeout=self._settings.publish_timeout,
+            mandatory=True,
+            connection=connection,
         )
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
@@ -119,9 +156,33 @@ class Producer:
         try:
             await publisher.publish(message, self._settings.request_queue)
         except PublishFailed as exc:
+            if isinstance(exc, PublishUnroutable):
+                self._redeclare()
             raise ServiceUnavailable(client_message(exc)) from exc
 
+    def _redeclare(self) -> None:
+        """The request queue is gone (deleted by hand): declare it again, in the
+        background and at most once a second, so service resumes without an operator."""
+        loop = asyncio.get_running_loop()
+        if self._channel is None or (self._redeclaring and not self._redeclaring.done()):
+            return
+        if loop.time() - self._last_redeclare < REDECLARE_EVERY_S:
+            return
+        self._last_redeclare = loop.time()
+        self._redeclaring = asyncio.create_task(self._declare(self._channel))
+
+    async def _declare(self, channel: AbstractRobustChannel) -> None:
+        try:
+            await broker.declare_request_queue(channel, self._settings)
+            logger.warning(
+                "request queue %s was missing: declared it again", self._settings.request_queue
+            )
+        except Exception as exc:
+            logger.warning("could not declare the request queue again: %s", exc)
+
     async def close(self) -> None:
+        if self._redeclaring is not None:
+            self._redeclaring.cancel()
         if self._connect_task is not None:
             self._connect_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -14,14 +14,23 @@ from datetime import datetime, timezone
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, DeliveryMode
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    DeliveryMode,
+)
 
 from rabbit_serve.transport import (
     Inbound,
     Outbound,
+    PublishBlocked,
     PublishFailed,
     PublishRefused,
     PublishTimedOut,
+    PublishUnroutable,
     SettleFailed,
 )
 
@@ -93,26 +102,74 @@ async def consume(queue: AbstractQueue, handler: Callable[[Inbound], Awaitable[N
     await queue.consume(on_message)
 
 
-class AioPikaPublisher:
-    """Publishes to the default exchange of a confirm-mode channel.
+_UNBLOCKED_ATTR = "_Connection__connection_unblocked"
 
-    ``mandatory``: the broker returns a message no queue takes instead of dropping it
-    (the return is logged by aio-pika, not raised: a reply to an ingress replica that
-    is gone is not an error). ``timeout``: seconds to wait for the confirm.
+
+def unblocked_event(connection: AbstractConnection | None) -> asyncio.Event | None:
+    """The event aiormq clears on ``connection.blocked`` (a memory or disk alarm) and sets
+    on ``connection.unblocked``; ``None`` while there is no open transport.
+
+    aiormq keeps it private and exposes no accessor; a unit test pins the attribute,
+    so an aiormq upgrade that renames it fails there first.
+    """
+    transport = getattr(connection, "transport", None)
+    event = getattr(getattr(transport, "connection", None), _UNBLOCKED_ATTR, None)
+    return event if isinstance(event, asyncio.Event) else None
+
+
+def is_blocked(connection: AbstractConnection | None) -> bool:
+    """Whether the broker is blocking this connection's publishes right now."""
+    event = unblocked_event(connection)
+    return event is not None and not event.is_set()
+
+
+class AioPikaPublisher:
+    """Publishes to the default exchange of a confirm-mode channel opened with
+    ``on_return_raises=True``.
+
+    ``mandatory``: the broker returns a message no queue takes instead of dropping it,
+    raised as :class:`PublishUnroutable`. ``timeout``: seconds to wait for the confirm.
+    ``wait_unblocked``: seconds a publish waits for a broker alarm to clear before it
+    raises :class:`PublishBlocked`: 0 at once (a client waits on an HTTP answer), ``None``
+    as long as the alarm lasts (a result that must not be lost).
     """
 
     def __init__(
-        self, channel: AbstractChannel, *, timeout: float | None = None, mandatory: bool = True
+        self,
+        channel: AbstractChannel,
+        *,
+        timeout: float | None = None,
+        mandatory: bool = True,
+        connection: AbstractConnection | None = None,
+        wait_unblocked: float | None = 0.0,
     ) -> None:
         self._channel = channel
         self._timeout = timeout
         self._mandatory = mandatory
+        self._connection = connection
+        self._wait_unblocked = wait_unblocked
 
     @property
     def ready(self) -> bool:
         return not self._channel.is_closed
 
+    @property
+    def blocked(self) -> bool:
+        return is_blocked(self._connection)
+
+    async def _until_unblocked(self, routing_key: str) -> None:
+        event = unblocked_event(self._connection)
+        if event is None or event.is_set():
+            return
+        try:
+            await asyncio.wait_for(event.wait(), timeout=self._wait_unblocked)
+        except asyncio.TimeoutError:
+            raise PublishBlocked(
+                f"the broker is blocking publishes (memory or disk alarm) to {routing_key!r}"
+            ) from None
+
     async def publish(self, message: Outbound, routing_key: str) -> None:
+        await self._until_unblocked(routing_key)
         try:
             await asyncio.wait_for(
                 self._channel.default_exchange.publish(
@@ -124,6 +181,9 @@ class AioPikaPublisher:
             raise PublishTimedOut(
                 f"the broker did not confirm within {self._timeout}s (to {routing_key!r})"
             ) from None
+        except aiormq.exceptions.PublishError as exc:
+            # A Basic.Return: mandatory, and no queue took it.
+            raise PublishUnroutable(f"no queue {routing_key!r} took the message") from exc
         except aio_pika.exceptions.DeliveryError as exc:
             raise PublishRefused(f"the broker refused the message to {routing_key!r}") from exc
         except _BROKER_ERRORS as exc:

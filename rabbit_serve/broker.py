@@ -18,7 +18,15 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from rabbit_serve._amqp import AioPikaInbound, AioPikaPublisher, consume, to_aio_pika
+from rabbit_serve._amqp import (
+    AioPikaInbound,
+    AioPikaPublisher,
+    consume,
+    is_blocked,
+    to_aio_pika,
+    unblocked_event,
+)
+from rabbit_serve.broker_version import check_version, server_version
 from rabbit_serve.settings import Settings
 
 __all__ = [
@@ -29,16 +37,20 @@ __all__ = [
     "QueueMismatch",
     "RequestQueues",
     "connect",
+    "connection_version",
     "consume",
     "declare_dead_letter_queue",
     "declare_reply_queue",
     "declare_request_queue",
+    "declare_webhook_dead_letter_queue",
     "declare_webhook_queue",
+    "is_blocked",
     "is_connected",
     "open_channel",
     "reply_queue_name",
     "request_queue_arguments",
     "to_aio_pika",
+    "unblocked_event",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,22 +66,53 @@ class QueueMismatch(RuntimeError):
     """A queue already exists with arguments this version does not declare."""
 
 
-async def connect(settings: Settings) -> AbstractRobustConnection:
-    """A connection that re-opens itself, its channels, queues and consumers after a drop."""
-    return await aio_pika.connect_robust(
+async def connect(
+    settings: Settings, *, name: str = "rabbit-serve", check: bool = True
+) -> AbstractRobustConnection:
+    """A connection that re-opens itself, its channels, queues and consumers after a drop.
+
+    Heartbeats every ``AMQP_HEARTBEAT / 2`` seconds, so a dead or partitioned peer is
+    noticed in seconds, not aiormq's default of minutes; re-opening is tried every
+    :data:`RECONNECT_DELAY_S`. ``name`` shows in the management UI and
+    ``rabbitmqctl list_connections``. With ``check``, a broker older than
+    :data:`rabbit_serve.broker_version.MINIMUM` is refused (the connection closed,
+    :class:`~rabbit_serve.broker_version.UnsupportedBroker` raised).
+    """
+    connection = await aio_pika.connect_robust(
         settings.amqp_url,
         timeout=settings.broker_connect_timeout,
-        client_properties={"connection_name": "rabbit-serve"},
+        heartbeat=settings.amqp_heartbeat,
+        reconnect_interval=RECONNECT_DELAY_S,
+        client_properties={"connection_name": name},
     )
+    if check:
+        try:
+            warning = check_version(connection_version(connection))
+        except Exception:
+            await connection.close()
+            raise
+        if warning:
+            logger.warning(warning)
+    return connection
+
+
+def connection_version(connection: AbstractRobustConnection) -> str:
+    """The broker version announced on ``connection`` ("" if not connected)."""
+    transport = connection.transport
+    if transport is None:
+        return ""
+    return server_version(transport.connection.server_properties or {})
 
 
 async def open_channel(
-    connection: AbstractRobustConnection, *, prefetch: int, confirms: bool = False
+    connection: AbstractRobustConnection, *, prefetch: int = 0, confirms: bool = False
 ) -> AbstractRobustChannel:
-    """A channel with its own prefetch (unacked deliveries it may hold); with
-    ``confirms``, each publish on it waits for the broker's confirm."""
-    channel = await connection.channel(publisher_confirms=confirms)
-    await channel.set_qos(prefetch_count=prefetch)
+    """A channel with its own prefetch (unacked deliveries it may hold; 0 for a channel
+    that only publishes); with ``confirms``, each publish on it waits for the broker's
+    confirm and a returned (unroutable) message raises."""
+    channel = await connection.channel(publisher_confirms=confirms, on_return_raises=confirms)
+    if prefetch:
+        await channel.set_qos(prefetch_count=prefetch)
     return channel
 
 
@@ -89,6 +132,7 @@ def request_queue_arguments(settings: Settings) -> dict[str, Any]:
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": settings.dead_letter_queue,
         "x-max-length": settings.max_queue_length,
+        "x-max-length-bytes": settings.max_queue_bytes,
         "x-overflow": "reject-publish",
     }
 
@@ -125,13 +169,41 @@ async def declare_dead_letter_queue(channel: AbstractChannel, settings: Settings
     )
 
 
+def webhook_queue_arguments(settings: Settings) -> dict[str, Any]:
+    """The outbox's guarantees: quorum, a delivery limit (a consumer that keeps dying on
+    an entry), and a dead-letter queue for results no receiver accepted."""
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": settings.delivery_limit,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": settings.webhook_dead_letter_queue,
+    }
+
+
 async def declare_webhook_queue(channel: AbstractChannel, settings: Settings) -> AbstractQueue:
-    """The webhook outbox: results wait here, durably, while a slow receiver is retried,
-    so they never hold the request queue's prefetch credits."""
+    """The webhook outbox (and its dead-letter queue first): results wait here, durably,
+    while a slow receiver is retried, so they never hold the request queue's prefetch
+    credits."""
+    try:
+        await declare_webhook_dead_letter_queue(channel, settings)
+        return await channel.declare_queue(
+            settings.webhook_queue, durable=True, arguments=webhook_queue_arguments(settings)
+        )
+    except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+        raise QueueMismatch(
+            f"queue {settings.webhook_queue!r} exists with other arguments ({exc}); once it "
+            f"is empty, delete it (rabbitmqctl delete_queue {settings.webhook_queue}) or set "
+            "WEBHOOK_QUEUE to a new name"
+        ) from exc
+
+
+async def declare_webhook_dead_letter_queue(
+    channel: AbstractChannel, settings: Settings
+) -> AbstractQueue:
+    """Where webhook results go that no receiver accepted: kept until an operator lists
+    and replays them (``python -m rabbit_serve.webhook_dlq``)."""
     return await channel.declare_queue(
-        settings.webhook_queue,
-        durable=True,
-        arguments={"x-queue-type": "quorum", "x-delivery-limit": settings.delivery_limit},
+        settings.webhook_dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
     )
 
 

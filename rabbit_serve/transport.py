@@ -41,6 +41,15 @@ class PublishRefused(PublishFailed):
     an unroutable message returned."""
 
 
+class PublishUnroutable(PublishRefused):
+    """The broker returned the message: no queue is bound to its routing key (the request
+    queue was deleted, or the ingress replica that owned a reply queue is gone)."""
+
+
+class PublishBlocked(PublishFailed):
+    """The broker is blocking this connection's publishes (a memory or disk alarm)."""
+
+
 class PublishTimedOut(PublishFailed):
     """No confirm within the publisher's timeout: the message may or may not be queued."""
 
@@ -78,6 +87,9 @@ class Inbound(Protocol):
 
 
 class Publisher(Protocol):
+    """Stand-ins may leave out ``blocked``; callers read it with ``getattr(p, "blocked",
+    False)``."""
+
     async def publish(self, message: Outbound, routing_key: str) -> None:
         """Publish to the default exchange; returns only after the broker's confirm.
 

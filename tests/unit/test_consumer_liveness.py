@@ -40,3 +40,32 @@ async def test_a_finished_setup_loop_is_healthy():
     runner = asyncio.create_task(set_up())
     await runner
     assert Liveness(0.0).problem(runner, connected=True, now=1.0) is None
+
+
+def test_work_held_without_progress_past_the_stall_timeout_is_reported():
+    from consumer.liveness import Progress
+
+    live = Liveness(0.0, stall=60.0)
+    busy = Progress(held=16, last_progress=0.0)
+    assert live.problem(None, connected=True, now=100.0, progress=busy) is None  # clock starts
+    assert live.problem(None, connected=True, now=159.0, progress=busy) is None
+    problem = live.problem(None, connected=True, now=161.0, progress=busy)
+    assert problem is not None and "no batch finished for 61s" in problem and "16" in problem
+    # A batch finished: healthy again.
+    assert live.problem(None, connected=True, now=162.0, progress=Progress(16, 161.5)) is None
+
+
+def test_idle_or_blocked_consumers_never_stall():
+    from consumer.liveness import Progress
+
+    live = Liveness(0.0, stall=10.0)
+    assert live.problem(None, connected=True, now=5.0, progress=Progress(held=0)) is None
+    assert live.problem(None, connected=True, now=500.0, progress=Progress(held=0)) is None
+    # Work arrives after a long idle spell: the stall clock starts now, not at the last batch.
+    assert live.problem(None, connected=True, now=501.0, progress=Progress(held=3)) is None
+    assert live.problem(None, connected=True, now=505.0, progress=Progress(held=3)) is None
+    blocked = Progress(held=3, last_progress=0.0, blocked=True)
+    assert live.problem(None, connected=True, now=600.0, progress=blocked) is None
+    assert live.problem(None, connected=True, now=605.0, progress=Progress(held=3)) is None
+    problem = live.problem(None, connected=True, now=616.0, progress=Progress(held=3))
+    assert problem is not None and "no batch finished" in problem

@@ -29,3 +29,15 @@ async def test_before_any_connection_a_publish_is_refused_at_once():
     assert not producer.ready
     with pytest.raises(ServiceUnavailable, match="message broker is not reachable"):
         await producer.publish(encode_task(make_task(producer.reply_queue)))
+
+
+def test_an_alarm_and_a_missing_queue_each_say_what_happened():
+    from rabbit_serve.transport import PublishBlocked, PublishUnroutable
+
+    assert "blocking publishes (a memory or disk alarm)" in client_message(PublishBlocked("x"))
+    assert "request queue does not exist" in client_message(PublishUnroutable("x"))
+
+
+def test_a_replica_without_a_connection_says_why_it_is_not_ready():
+    producer = Producer(Settings(), "unit", lambda result: None)
+    assert producer.problem() == "message broker is not connected" and not producer.blocked
