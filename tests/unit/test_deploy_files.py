@@ -474,3 +474,19 @@ def test_definitions_template_uses_the_documented_placeholder(definitions):
     tool = _hash_tool()
     for user in definitions["users"]:
         assert tool.verify(tool.PLACEHOLDER_PASSWORD, user["password_hash"]), user["name"]
+
+
+def test_every_deploy_path_pins_a_broker_in_the_supported_range(compose, cluster):
+    from rabbit_serve.broker_version import check_version
+
+    tag = compose["services"]["rabbitmq"]["image"].split(":", 1)[1].removesuffix("-management")
+    assert tag.count(".") == 2, f"compose should pin a patch release, not {tag!r}"
+    assert check_version(tag) is None
+    commands = " ".join(cluster["head_setup_commands"])
+    pinned = re.search(r"RABBITMQ_VERSION=([0-9.]+-\d+)", commands)
+    assert pinned and "install_rabbitmq.sh" in commands
+    assert check_version(pinned[1]) is None
+    # Same minor release in both.
+    assert pinned[1].rsplit(".", 1)[0] == tag.rsplit(".", 1)[0]
+    script = (ROOT / "scripts" / "install_rabbitmq.sh").read_text()
+    assert _bash_syntax_error(script) is None and "check_version" in script
