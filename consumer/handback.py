@@ -20,9 +20,19 @@ from consumer.dedup import RecentIds
 from consumer.outbox import outbox_entry
 from consumer.outcomes import Outcome, Rework, Tally
 from rabbit_serve.messages import RESULT_CONTENT_TYPE, ClassifyResult, ClassifyTask, encode_reply
-from rabbit_serve.transport import Inbound, Outbound, Publisher, PublishFailed, SettleFailed
+from rabbit_serve.transport import (
+    Inbound,
+    Outbound,
+    Publisher,
+    PublishFailed,
+    PublishTimedOut,
+    SettleFailed,
+)
 
 logger = logging.getLogger("rabbit_serve.consumer")
+
+# Times a result whose confirm was held up by a broker alarm is published again.
+BLOCKED_REPUBLISHES = 3
 
 
 class Answer(NamedTuple):
@@ -89,11 +99,26 @@ class HandBack:
         for inbound in inbounds:
             await settle(inbound.requeue(), inbound)
 
+    async def _publish(self, message: Outbound, routing_key: str) -> None:
+        """Publish; a confirm that timed out because a broker alarm began meanwhile is
+        tried again (the next attempt waits for the alarm to clear), so an alarm never
+        spends a message's delivery limit. The first copy may land too: the ingress
+        drops a second result, the webhook ledger a second POST."""
+        for _ in range(BLOCKED_REPUBLISHES):
+            try:
+                await self._publisher.publish(message, routing_key)
+                return
+            except PublishTimedOut:
+                if not getattr(self._publisher, "blocked", False):
+                    raise
+                logger.warning("a broker alarm held a result to %r; publishing again", routing_key)
+        await self._publisher.publish(message, routing_key)
+
     async def _settle(
         self, answers: list[Answer], outcome: Outcome, message: Outbound, routing_key: str
     ) -> None:
         try:
-            await self._publisher.publish(message, routing_key)
+            await self._publish(message, routing_key)
         except PublishFailed as exc:
             logger.warning(
                 "could not hand back %d result(s) (%s); they go back to the queue",
