@@ -127,3 +127,44 @@ def task_error(cause: Exception) -> RayTaskError:
     """What awaiting a Serve call raises when the replica's own code raised ``cause``."""
     error = RayTaskError("classify", "Traceback: ...", cause, proctitle="t", pid=1, ip="127.0.0.1")
     return error.as_instanceof_cause()
+
+
+class FakeLedger:
+    """The ledger deployment's async methods over an in-memory
+    :class:`rabbit_serve.ledger.Ledger`, on a clock the test moves (``now``). ``fail``:
+    every call raises (the replica is restarting); ``hang``: every call waits forever."""
+
+    def __init__(self, *, window: float = 3600.0) -> None:
+        from rabbit_serve.ledger import Ledger
+
+        self.book = Ledger(webhook_window=window, idempotency_window=window)
+        self.now = 0.0
+        self.fail = False
+        self.hang = False
+        self.calls: list[str] = []
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        self.calls.append(name)
+        if self.hang:
+            await asyncio.Event().wait()
+        if self.fail:
+            raise ConnectionError("ledger replica restarting")
+        return getattr(self.book, name)(*args, self.now)
+
+    async def webhook_attempt(self, task_id: str) -> Any:
+        return await self._call("webhook_attempt", task_id)
+
+    async def webhook_delivered(self, task_id: str) -> None:
+        await self._call("webhook_delivered", task_id)
+
+    async def webhook_record(self, task_id: str) -> Any:
+        return await self._call("webhook_record", task_id)
+
+    async def claim(self, key: str, fingerprint: str, proposal: dict[str, Any]) -> Any:
+        return await self._call("claim", key, fingerprint, proposal)
+
+    async def complete(self, key: str, record: dict[str, Any]) -> None:
+        await self._call("complete", key, record)
+
+    async def release(self, key: str) -> None:
+        await self._call("release", key)
