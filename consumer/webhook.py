@@ -1,8 +1,14 @@
-"""Posting a result to a client's webhook: checked destination, signed, bounded retries."""
+"""Posting a result to a client's webhook: checked destination, signed, bounded retries.
+
+:func:`post_once` is one attempt; :func:`deliver` the retry loop with backoff. The
+outbox sender (:mod:`consumer.outbox`) runs its own loop around :func:`post_once`, as
+it records each attempt in the shared ledger first.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -56,6 +62,60 @@ def _pinned_request(
     )
 
 
+class Posted(enum.Enum):
+    """What one POST attempt came to."""
+
+    DELIVERED = "delivered"  # a 2xx
+    RETRY = "retry"  # may pass: a 5xx, 408, 429, or no answer
+    REFUSED = "refused"  # will not pass: the policy, a redirect, another 4xx
+
+
+def id_headers(task_id: str) -> dict[str, str]:
+    headers = {"content-type": "application/json"}
+    if task_id:
+        # Receivers deduplicate on this: a result may be posted more than once.
+        headers[ID_HEADER] = task_id
+    return headers
+
+
+async def post_once(
+    client: httpx.AsyncClient,
+    url: str,
+    body: bytes,
+    *,
+    policy: WebhookPolicy,
+    task_id: str = "",
+    attempt: int = 1,
+) -> Posted:
+    """One POST of ``body``, to the address the policy checked.
+
+    Not worth retrying: a refused destination, a redirect (never followed: it could
+    point anywhere), and 4xx other than 408/429 (the receiver said no).
+    """
+    headers = id_headers(task_id)
+    try:
+        addresses = await resolve(url, policy.allowed_hosts, policy.allow_private)
+        if policy.secret:
+            headers[SIGNATURE_HEADER] = sign(policy.secret, body)
+        request = _pinned_request(client, url, addresses[0], headers, body, policy.timeout)
+        response = await client.send(request, follow_redirects=False)
+        await response.aclose()
+    except WebhookRefused as exc:
+        logger.warning("webhook %s refused by policy: %s", url, exc)
+        return Posted.REFUSED
+    except httpx.HTTPError as exc:
+        logger.info("webhook %s failed: %r (attempt %d)", url, exc, attempt)
+        return Posted.RETRY
+    if response.is_success:
+        return Posted.DELIVERED
+    status = response.status_code
+    if response.is_redirect or (400 <= status < 500 and status not in (408, 429)):
+        logger.warning("webhook %s refused the result: HTTP %s", url, status)
+        return Posted.REFUSED
+    logger.info("webhook %s answered HTTP %s (attempt %d)", url, status, attempt)
+    return Posted.RETRY
+
+
 async def deliver(
     client: httpx.AsyncClient,
     url: str,
@@ -63,36 +123,14 @@ async def deliver(
     *,
     policy: WebhookPolicy,
     task_id: str = "",
+    spent: int = 0,
 ) -> bool:
-    """POST ``body`` until a 2xx; ``False`` once ``policy.attempts`` are spent.
-
-    Not retried: a refused destination, a redirect (never followed: it could
-    point anywhere), and 4xx other than 408/429 (the receiver said no).
-    """
-    headers = {"content-type": "application/json"}
-    if task_id:
-        # Receivers deduplicate on this: a redelivered message may be posted again.
-        headers[ID_HEADER] = task_id
-    for attempt in range(1, policy.attempts + 1):
-        try:
-            addresses = await resolve(url, policy.allowed_hosts, policy.allow_private)
-            if policy.secret:
-                headers[SIGNATURE_HEADER] = sign(policy.secret, body)
-            request = _pinned_request(client, url, addresses[0], headers, body, policy.timeout)
-            response = await client.send(request, follow_redirects=False)
-            await response.aclose()
-            if response.is_success:
-                return True
-            status = response.status_code
-            if response.is_redirect or (400 <= status < 500 and status not in (408, 429)):
-                logger.warning("webhook %s refused the result: HTTP %s", url, status)
-                return False
-            logger.info("webhook %s answered HTTP %s (attempt %d)", url, status, attempt)
-        except WebhookRefused as exc:
-            logger.warning("webhook %s refused by policy: %s", url, exc)
-            return False
-        except httpx.HTTPError as exc:
-            logger.info("webhook %s failed: %r (attempt %d)", url, exc, attempt)
+    """POST ``body`` until a 2xx; ``False`` once ``policy.attempts`` are spent (``spent``
+    of them before this call) or the receiver refused it (see :func:`post_once`)."""
+    for attempt in range(spent + 1, policy.attempts + 1):
+        posted = await post_once(client, url, body, policy=policy, task_id=task_id, attempt=attempt)
+        if posted is not Posted.RETRY:
+            return posted is Posted.DELIVERED
         if attempt < policy.attempts:
             await asyncio.sleep(backoff_delay(attempt))
     return False
