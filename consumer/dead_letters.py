@@ -1,21 +1,31 @@
 """The dead-letter answerer: a client whose message the broker gave up on is told so.
 
-A message that kept failing (the request queue's delivery limit) would otherwise leave
-its client waiting for its timeout; it is answered with a 503 through the usual
-hand-back (reply queue or webhook outbox). Work that expired in the queue, or whose
-client's deadline has passed, is acked unanswered: its client already had a 504.
+A message that kept failing (the request queue's delivery limit), or that the broker
+dead-lettered for another reason, would otherwise leave its client waiting; it is
+answered with a 503 through the usual hand-back (reply queue or webhook outbox). A
+sync client that already had its 504 drops the late answer (its ingress replica no
+longer waits for that id).
+
+A message that expired in the queue (reason ``expired``: its TTL, set by the ingress,
+ran out before any consumer took it) is answered only if it is a webhook job: its
+client was told 202 and waits for a POST, so it gets an error result (``WEBHOOK_JOB_TTL``
+passed). An expired sync task is acked unanswered: its client had its 504.
+
+No clocks are compared here: which work is too old is the broker's TTL, measured by
+the broker alone, so a consumer whose clock is off by any amount answers the same.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from consumer.handback import Answer, HandBack
 from consumer.outcomes import Outcome, Tally
 from rabbit_serve.messages import (
+    H_CALLBACK_URL,
     ClassifyResult,
+    ClassifyTask,
     ErrorInfo,
     MalformedMessage,
     dead_letter_reason,
@@ -26,6 +36,17 @@ from rabbit_serve.transport import Inbound
 logger = logging.getLogger("rabbit_serve.consumer")
 
 
+# One dead letter as the tasks it carries, each with the delivery that settles it (a
+# multi-image bundle: one part each, settling the real delivery once all are).
+Parts = Callable[[Inbound], Sequence[tuple[Inbound, ClassifyTask]]]
+
+
+def single_task(inbound: Inbound) -> list[tuple[Inbound, ClassifyTask]]:
+    """The parts of a one-image message; raises :class:`MalformedMessage`."""
+    task = decode_task(inbound.body, dict(inbound.headers), inbound.message_id, inbound.reply_to)
+    return [(inbound, task)]
+
+
 def dead_letter_error(reason: str, delivery_limit: int) -> ErrorInfo:
     if reason == "delivery_limit":
         why = f"it failed {delivery_limit + 1} times"
@@ -34,30 +55,45 @@ def dead_letter_error(reason: str, delivery_limit: int) -> ErrorInfo:
     return ErrorInfo(503, f"the image could not be classified: {why}; retry later")
 
 
+def expired_job_error(job_ttl: float | None) -> ErrorInfo:
+    ttl = "" if job_ttl is None else f" ({job_ttl:g} s)"
+    return ErrorInfo(
+        504,
+        f"the job waited longer than WEBHOOK_JOB_TTL{ttl} for a consumer and was not "
+        "classified; submit it again",
+    )
+
+
 class DeadLetterAnswerer:
-    """The dead-letter queue's consumer callback."""
+    """The dead-letter queue's consumer callback. ``webhook_job_ttl``: only to say it
+    in the error an expired webhook job is answered with. ``parts``: how a dead letter
+    is decoded into tasks (a bundle expander; default: one task per message)."""
 
     def __init__(
         self,
         hand_back: HandBack,
         tally: Tally,
         delivery_limit: int,
-        clock: Callable[[], float] = time.time,
+        *,
+        webhook_job_ttl: float | None = None,
+        parts: Parts = single_task,
     ) -> None:
         self._hand_back = hand_back
         self._tally = tally
         self._delivery_limit = delivery_limit
-        self._clock = clock
+        self._job_ttl = webhook_job_ttl
+        self._parts = parts
 
     async def on_dead_letter(self, inbound: Inbound) -> None:
         headers = dict(inbound.headers)
         reason = dead_letter_reason(headers)
-        if reason == "expired":
+        if reason == "expired" and not headers.get(H_CALLBACK_URL):
+            # A sync task: its client had its 504; nothing to decode.
             await inbound.ack()
             self._tally.outcome(Outcome.EXPIRED)
             return
         try:
-            task = decode_task(inbound.body, headers, inbound.message_id, inbound.reply_to)
+            parts = self._parts(inbound)
         except MalformedMessage as exc:
             await inbound.ack()
             if reason == "rejected":
@@ -66,15 +102,18 @@ class DeadLetterAnswerer:
             else:
                 self._tally.outcome(Outcome.MALFORMED)
             return
-        if task.remaining(self._clock()) <= 0:
-            await inbound.ack()
-            self._tally.outcome(Outcome.EXPIRED)
-            return
-        logger.warning("task %s dead-lettered (%s); answering with an error", task.id, reason)
-        result = ClassifyResult(
-            id=task.id,
-            request_id=task.request_id,
-            index=task.index,
-            error=dead_letter_error(reason, self._delivery_limit),
-        )
-        await self._hand_back.answer([Answer(inbound, task, result)], outcome=Outcome.DEAD_LETTERED)
+        if reason == "expired":
+            logger.warning(
+                "webhook job %s expired in the queue; posting an error", inbound.message_id
+            )
+            error = expired_job_error(self._job_ttl)
+        else:
+            logger.warning(
+                "message %s dead-lettered (%s); answering with an error", inbound.message_id, reason
+            )
+            error = dead_letter_error(reason, self._delivery_limit)
+        answers = [
+            Answer(part, task, ClassifyResult(task.id, task.request_id, task.index, error=error))
+            for part, task in parts
+        ]
+        await self._hand_back.answer(answers, outcome=Outcome.DEAD_LETTERED)

@@ -1,8 +1,10 @@
-"""The dead-letter answerer: clients of work the broker gave up on get an explicit 503."""
+"""The dead-letter answerer: clients of work the broker gave up on get an explicit 503;
+webhook jobs that expired in the queue get an error POSTed; no clocks compared."""
 
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from consumer.dead_letters import DeadLetterAnswerer
 from consumer.dedup import RecentIds
@@ -19,10 +21,12 @@ class Rig:
     def __init__(self, **publisher: object) -> None:
         self.publisher = FakePublisher(**publisher)  # type: ignore[arg-type]
         self.tally = Tally()
-        hand_back = HandBack(
+        self.hand_back = HandBack(
             self.publisher, self.tally, RecentIds(), webhook_queue="test.webhooks", model_name="m"
         )
-        self.answerer = DeadLetterAnswerer(hand_back, self.tally, delivery_limit=LIMIT)
+        self.answerer = DeadLetterAnswerer(
+            self.hand_back, self.tally, delivery_limit=LIMIT, webhook_job_ttl=3600.0
+        )
 
 
 def dead(task, reason: str, **kwargs) -> FakeInbound:
@@ -62,7 +66,7 @@ async def test_the_answer_is_not_acked_unless_confirmed():
     assert inbound.settled_as == "requeue" and rig.tally.outcomes == {}
 
 
-async def test_work_that_expired_in_the_queue_is_acked_unanswered():
+async def test_a_sync_task_that_expired_in_the_queue_is_acked_unanswered():
     rig = Rig()
     inbound = dead(make_task("r.a"), "expired")
     await rig.answerer.on_dead_letter(inbound)
@@ -70,12 +74,54 @@ async def test_work_that_expired_in_the_queue_is_acked_unanswered():
     assert rig.tally.outcomes == {Outcome.EXPIRED: 1}
 
 
-async def test_work_whose_client_gave_up_is_acked_unanswered():
+async def test_a_webhook_job_that_expired_in_the_queue_gets_an_error_posted():
     rig = Rig()
-    inbound = dead(make_task("r.a", ttl=-1.0), "delivery_limit")
+    task = make_task(None, callback_url="https://hooks.example.com/x")
+    inbound = dead(task, "expired")
     await rig.answerer.on_dead_letter(inbound)
-    assert inbound.settled_as == "ack" and rig.publisher.published == []
-    assert rig.tally.outcomes == {Outcome.EXPIRED: 1}
+    (entry,) = rig.publisher.to("test.webhooks")
+    body = orjson.loads(entry.body)
+    assert entry.message_id == task.id
+    assert body["error"]["status"] == 504
+    assert "WEBHOOK_JOB_TTL (3600 s)" in body["error"]["message"]
+    assert inbound.settled_as == "ack"
+    assert rig.tally.outcomes == {Outcome.DEAD_LETTERED: 1}
+
+
+@pytest.mark.parametrize("ttl", [-3600.0, 3600.0])
+async def test_no_clock_is_compared_a_dead_letter_is_answered_whatever_its_deadline(ttl):
+    # The deadline was set by another node's clock: only the broker's TTL decides.
+    rig = Rig()
+    inbound = dead(make_task("r.a", ttl=ttl), "delivery_limit")
+    await rig.answerer.on_dead_letter(inbound)
+    (result,) = decode_reply(rig.publisher.to("r.a")[0].body)
+    assert result.error is not None and result.error.status == 503
+    assert inbound.settled_as == "ack" and rig.tally.outcomes == {Outcome.DEAD_LETTERED: 1}
+
+
+@pytest.mark.parametrize("reason", ["rejected", "maxlen", "unknown"])
+async def test_other_reasons_are_answered_with_a_503(reason):
+    rig = Rig()
+    inbound = dead(make_task("r.a"), reason)
+    await rig.answerer.on_dead_letter(inbound)
+    (result,) = decode_reply(rig.publisher.to("r.a")[0].body)
+    assert result.error is not None and result.error.status == 503
+    assert f"({reason})" in result.error.message
+
+
+async def test_every_part_of_a_dead_letter_is_answered():
+    tasks = [make_task("r.a", id=f"req-{i}", index=i) for i in range(3)]
+    inbound = dead(tasks[0], "delivery_limit")
+    parts = [(FakeInbound.of(task), task) for task in tasks]
+    rig = Rig()
+    rig.answerer = DeadLetterAnswerer(
+        rig.hand_back, rig.tally, delivery_limit=LIMIT, parts=lambda _: parts
+    )
+    await rig.answerer.on_dead_letter(inbound)
+    results = decode_reply(rig.publisher.to("r.a")[0].body)
+    assert [r.id for r in results] == ["req-0", "req-1", "req-2"]
+    assert all(part.settled_as == "ack" for part, _ in parts)
+    assert rig.tally.outcomes == {Outcome.DEAD_LETTERED: 3}
 
 
 async def test_a_rejected_malformed_message_is_not_counted_twice():
