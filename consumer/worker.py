@@ -43,6 +43,7 @@ from consumer.liveness import Liveness, Progress
 from consumer.outbox import WebhookSender
 from consumer.outcomes import Tally
 from consumer.webhook import WebhookPolicy
+from deployments.ledger import LedgerClient
 from rabbit_serve import broker
 from rabbit_serve.settings import Settings
 
@@ -55,9 +56,15 @@ logger = logging.getLogger("rabbit_serve.consumer")
     health_check_period_s=5,
 )
 class BatchingConsumer:
-    async def __init__(self, settings: Settings, classifier: DeploymentHandle) -> None:
+    async def __init__(
+        self,
+        settings: Settings,
+        classifier: DeploymentHandle,
+        ledger: DeploymentHandle | None = None,
+    ) -> None:
         self._settings = settings
         self._classifier = classifier
+        self._ledger = LedgerClient(ledger) if ledger is not None else None
         self._tally = Tally(export=True)
         self._answered = RecentIds()
         self._http = httpx.AsyncClient()
@@ -185,6 +192,7 @@ class BatchingConsumer:
                 timeout=settings.webhook_timeout,
             ),
             self._tally,
+            self._ledger,
         )
         await broker.consume(outbox, guarded(sender.on_entry, self._tally, "webhook outbox"))
         logger.info(

@@ -14,6 +14,7 @@ from ray.serve import Application
 
 from consumer.worker import BatchingConsumer
 from deployments.classifier import Classifier
+from deployments.ledger import Ledger
 from ingress.app import Ingress
 from rabbit_serve.settings import Settings
 
@@ -46,12 +47,16 @@ def wire(
             **classifier_actor_options,
         }
     classifier = Classifier.options(**classifier_options).bind(settings)
+    # One shared memory of webhook deliveries and Idempotency-Keys for the application.
+    ledger = Ledger.bind(settings)
     consumers = None
     if settings.num_consumers > 0:
         consumers = BatchingConsumer.options(num_replicas=settings.num_consumers).bind(
-            settings, classifier
+            settings, classifier, ledger
         )
-    return Ingress.options(**_replicas(ingress_replicas)).bind(settings, classifier, consumers)
+    return Ingress.options(**_replicas(ingress_replicas)).bind(
+        settings, classifier, consumers, ledger
+    )
 
 
 def _replicas(count: int | None) -> dict[str, Any]:

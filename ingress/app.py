@@ -39,6 +39,7 @@ class Ingress:
         settings: Settings,
         classifier: DeploymentHandle,
         consumers: DeploymentHandle | None = None,
+        ledger: DeploymentHandle | None = None,
     ) -> None:
         # Held so that Serve deploys the consumer pool with this application.
         self._consumers = consumers

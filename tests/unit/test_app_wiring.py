@@ -12,7 +12,7 @@ from rabbit_serve.settings import Settings
 def graph(app):
     """(ingress, classifier, consumers or None) as the deployments Serve will run."""
     ingress = app._bound_deployment
-    _, classifier, consumers = ingress.init_args
+    _, classifier, consumers, _ledger = ingress.init_args
     return (
         ingress,
         classifier._bound_deployment,
@@ -51,3 +51,13 @@ def test_replicas_and_gpu_options_are_applied_on_top():
 def test_no_consumers_deploys_none():
     _, _, consumers = graph(build_app({"NUM_CONSUMERS": 0}))
     assert consumers is None
+
+
+def test_consumers_and_ingress_share_one_ledger():
+    app = wire(Settings(num_consumers=2))
+    ingress = app._bound_deployment
+    ledger = ingress.init_args[3]
+    consumers = ingress.init_args[2]._bound_deployment
+    assert ledger._bound_deployment.name == "Ledger"
+    assert ledger._bound_deployment.num_replicas == 1
+    assert consumers.init_args[2] is ledger
