@@ -10,7 +10,9 @@ class RecentIds:
 
     A message whose result was handed back but whose ack was lost (the connection
     dropped in between) comes back redelivered; if it comes back here, it is acked
-    without a second classification or a second webhook POST.
+    without a second classification. This memory is one process's: a redelivery to
+    another consumer is classified again, and a webhook result is kept from a second
+    POST by the shared ledger (:mod:`deployments.ledger`), not by this.
     """
 
     def __init__(self, capacity: int = 10_000) -> None:
