@@ -7,7 +7,10 @@ import pickle
 
 import pytest
 
+from deployments.ledger import Ledger as LedgerDeployment
+from deployments.ledger import LedgerClient
 from rabbit_serve.ledger import Claim, Ledger, WebhookRecord, webhook_key
+from rabbit_serve.settings import Settings
 
 WINDOW = 100.0
 
@@ -179,3 +182,58 @@ def test_answers_cross_process_boundaries():
 def test_bounds_must_be_positive(kwargs):
     with pytest.raises(ValueError):
         Ledger(**kwargs)
+
+
+# -- the Serve deployment and its client, without Ray ---------------------------------
+
+
+async def test_the_deployment_wraps_the_ledger_on_the_wall_clock():
+    replica = LedgerDeployment.func_or_class(Settings())
+    assert await replica.webhook_attempt("t") == WebhookRecord(0, False)
+    await replica.webhook_delivered("t")
+    assert await replica.webhook_record("t") == WebhookRecord(1, True)
+    assert await replica.claim("k", "f", PROPOSAL) == Claim("fresh", PROPOSAL)
+    await replica.complete("k", ANSWER)
+    assert await replica.claim("k", "f", {}) == Claim("done", ANSWER)
+    await replica.release("k")
+    assert replica.sizes() == {"webhooks": 1, "idempotency_keys": 0}
+
+
+def test_the_deployment_is_one_small_replica():
+    assert LedgerDeployment.num_replicas == 1
+    assert LedgerDeployment.ray_actor_options["num_cpus"] <= 0.1
+
+
+async def test_the_client_awaits_the_handles_responses():
+    calls: list[tuple[str, tuple[object, ...]]] = []
+
+    class Method:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def remote(self, *args: object):
+            calls.append((self.name, args))
+
+            async def response() -> object:
+                return WebhookRecord(1, False) if self.name.startswith("webhook") else None
+
+            return response()
+
+    class Handle:
+        def __getattr__(self, name: str) -> Method:
+            return Method(name)
+
+    client = LedgerClient(Handle())  # type: ignore[arg-type]
+    assert await client.webhook_attempt("t") == WebhookRecord(1, False)
+    await client.webhook_delivered("t")
+    await client.claim("k", "f", PROPOSAL)
+    await client.complete("k", ANSWER)
+    await client.release("k")
+    assert [name for name, _ in calls] == [
+        "webhook_attempt",
+        "webhook_delivered",
+        "claim",
+        "complete",
+        "release",
+    ]
+    assert calls[2][1] == ("k", "f", PROPOSAL)
