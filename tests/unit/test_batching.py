@@ -121,3 +121,75 @@ def test_when_busy_the_size_and_timeout_rule_still_decides():
     # Both slots busy now; when one frees, the overdue head leaves.
     b.add(3, now=0.7)
     assert b.on_done(now=1.5).batches == [[3]]
+
+
+def weighed(max_size: int = 8, max_weight: int = 100, **kwargs: object) -> Batcher[int]:
+    """Items are their own weight (say, pixels)."""
+    return Batcher[int](
+        max_size=max_size,
+        timeout=1.0,
+        max_in_flight=4,
+        dispatch_when_idle=False,
+        weight=lambda item: item,
+        max_weight=max_weight,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_an_item_that_would_pass_the_weight_budget_closes_the_batch_early():
+    b = weighed()
+    assert b.add(40, now=0.0).batches == []
+    assert b.add(50, now=0.1).batches == []  # 90: still open
+    step = b.add(30, now=0.2)  # 120 would pass 100: the first two are a complete batch
+    assert step.batches == [[40, 50]] and b.waiting == 1
+    assert step.wake_at == pytest.approx(1.2)  # the next batch's clock is its own item's
+
+
+def test_the_budget_may_be_met_exactly():
+    b = weighed()
+    b.add(60, now=0.0)
+    assert b.add(40, now=0.0).batches == []  # exactly 100 fits; the batch stays open
+    assert b.add(1, now=0.0).batches == [[60, 40]]
+
+
+def test_an_item_over_the_budget_on_its_own_still_goes_alone():
+    b = weighed()
+    b.add(10, now=0.0)
+    assert b.add(500, now=0.0).batches == [[10]]
+    step = b.add(5, now=0.0)
+    assert step.batches == [[500]] and b.waiting == 1
+
+
+def test_a_burst_of_heavy_items_leaves_in_several_batches_when_a_slot_frees():
+    b = Batcher[int](max_size=32, timeout=0.5, max_in_flight=1, weight=lambda i: i, max_weight=100)
+    assert b.add(1, now=0.0).batches == [[1]]  # idle: out at once
+    for _ in range(5):
+        assert b.add(40, now=0.1).batches == []  # the one slot is busy
+    # Slot free: only what fits in the budget leaves; the rest waits for the next slot.
+    assert b.on_done(now=0.2).batches == [[40, 40]]
+    assert b.on_done(now=0.3).batches == [[40, 40]]
+    assert b.on_done(now=0.4).batches == [[40]]
+
+
+def test_without_a_weight_the_budget_is_off():
+    b = Batcher[int](max_size=3, timeout=1.0, dispatch_when_idle=False, max_weight=1)
+    assert b.add(10**9, now=0.0).batches == []
+    b.add(10**9, now=0.0)
+    assert b.add(10**9, now=0.0).batches == [[10**9] * 3]
+    with pytest.raises(ValueError):
+        Batcher[int](max_size=3, timeout=1.0, max_weight=-1)
+
+
+def test_the_weight_is_counted_once_per_item():
+    seen: list[int] = []
+    b = Batcher[int](
+        max_size=4,
+        timeout=1.0,
+        dispatch_when_idle=False,
+        weight=lambda i: seen.append(i) or i,
+        max_weight=1000,
+    )
+    for i in range(4):
+        b.on_timer(now=0.0)
+        b.add(i, now=0.0)
+    assert seen == [0, 1, 2, 3]
