@@ -2,17 +2,20 @@
 
 It can sit on CPU or GPU nodes: give it ``num_gpus`` in the Serve config (and
 install ``rabbit-serve[gpu]``) and it runs on CUDAExecutionProvider, saying so
-in its log and in ``GET /v1/model``.
+in its log and in ``GET /v1/model``. With ``CLASSIFIER_MAX_MEMORY_MB``, a replica that
+grows past it exits and Serve replaces it (:mod:`deployments.memory_guard`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import ray
 from ray import serve
 
+from deployments.memory_guard import MIB, rss_bytes, start_memory_guard
 from deployments.onnx_model import OnnxClassifier, Outcome
 from rabbit_serve.settings import Settings
 
@@ -36,6 +39,9 @@ class Classifier:
             preprocess_threads=settings.preprocess_threads or None,
             fast_jpeg_decode=settings.fast_jpeg_decode,
         )
+        # Started once the model is loaded: its idle size is the baseline a limit is set by.
+        self._max_memory_mb = settings.classifier_max_memory_mb
+        self._guard = start_memory_guard(self._max_memory_mb)
 
     async def classify(
         self, images: list[bytes], top_ks: list[int], alone: bool = False
@@ -53,7 +59,19 @@ class Classifier:
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
         }
 
+    def memory(self) -> dict[str, Any]:
+        """This replica's resident memory and its limit, in MiB (0: no limit)."""
+        rss = rss_bytes()
+        return {
+            "rss_mb": None if rss is None else round(rss / MIB, 1),
+            "max_memory_mb": self._max_memory_mb,
+            "pid": os.getpid(),
+        }
+
     def __del__(self) -> None:
+        guard = getattr(self, "_guard", None)
+        if guard is not None:
+            guard.stop()
         model = getattr(self, "_model", None)
         if model is not None:
             model.close()
