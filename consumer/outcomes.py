@@ -30,6 +30,9 @@ class Outcome(str, Enum):
     WEBHOOK_QUEUED = "webhook_queued"  # result confirmed in the webhook outbox, then acked
     EXPIRED = "expired"  # its client already had its 504: acked unprocessed
     MALFORMED = "malformed"  # can never be processed: rejected (or acked, off the request queue)
+    # The classifier failed on it alone while the rest of its batch succeeded (it crashed
+    # or hung the replica, say): answered with a 422 and acked, so it is not retried.
+    POISON = "poison"
     # Dead-letter queue: the broker gave up on it; its client was answered with a 503.
     DEAD_LETTERED = "dead_lettered"
     # Webhook outbox.

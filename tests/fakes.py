@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray.exceptions import RayTaskError
+from ray.exceptions import ActorDiedError, RayTaskError
 
 from rabbit_serve.messages import ClassifyTask, ErrorInfo, encode_task
 from rabbit_serve.transport import Outbound, PublishFailed, SettleFailed
@@ -168,3 +168,25 @@ class FakeLedger:
 
     async def release(self, key: str) -> None:
         await self._call("release", key)
+
+
+@dataclass
+class PoisonClassifier(FakeClassifier):
+    """A :class:`FakeClassifier` whose call fails whenever it holds a ``poison`` image
+    (raising ``poison_error``, by default a replica crash), or never returns while it
+    holds a ``hang`` image."""
+
+    poison: frozenset[bytes] = frozenset()
+    poison_error: Exception | None = None
+    hang: frozenset[bytes] = frozenset()
+
+    async def __call__(
+        self, images: list[bytes], top_ks: list[int], alone: bool
+    ) -> Sequence[list[Any] | ErrorInfo]:
+        if self.hang & set(images):
+            self.calls.append((images, top_ks, alone))
+            await asyncio.Event().wait()
+        if self.poison & set(images):
+            self.calls.append((images, top_ks, alone))
+            raise self.poison_error or ActorDiedError()
+        return await super().__call__(images, top_ks, alone)

@@ -1,4 +1,5 @@
-"""The hand-back rule and the classifier call, against the in-memory broker stand-in."""
+"""The hand-back rule, against the in-memory broker stand-in (the classifier call's own
+rules: test_consumer_classify.py)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,15 @@ import asyncio
 import time
 
 import orjson
-import pytest
-from ray.exceptions import ActorDiedError, ActorUnavailableError
-from ray.serve.exceptions import BackPressureError, RayServeException
 
 from consumer.admission import Delivery
-from consumer.classify import BatchProcessor, may_pass
+from consumer.classify import BatchProcessor
 from consumer.dedup import RecentIds
 from consumer.handback import HandBack
 from consumer.outcomes import Outcome, Rework, Tally
 from rabbit_serve.messages import H_CALLBACK_URL, decode_reply
 from tests.factories import make_task
-from tests.fakes import FakeClassifier, FakeInbound, FakePublisher, task_error
+from tests.fakes import FakeClassifier, FakeInbound, FakePublisher
 
 WEBHOOKS = "test.webhooks"
 MODEL = "test-model"
@@ -32,9 +30,7 @@ class Rig:
             self.publisher, self.tally, self.answered, webhook_queue=WEBHOOKS, model_name=MODEL
         )
         self.classifier = classifier or FakeClassifier()
-        self.process = BatchProcessor(
-            self.classifier, self.hand_back, self.tally, attempts=3, retry_delay=0.001
-        )
+        self.process = BatchProcessor(self.classifier, self.hand_back, self.tally)
 
     @staticmethod
     def batch(*reply_tos: str | None, callback: str | None = None) -> list[Delivery]:
@@ -122,62 +118,3 @@ async def test_the_alone_flag_reaches_the_classifier():
     await rig.process(rig.batch("r.a"), alone=True)
     await rig.process(rig.batch("r.a"), alone=False)
     assert [alone for *_, alone in rig.classifier.calls] == [True, False]
-
-
-@pytest.mark.parametrize(
-    "error",
-    [
-        ActorDiedError(),
-        ActorUnavailableError("restarting", None),
-        BackPressureError(num_queued_requests=9, max_queued_requests=8),
-        TimeoutError("no answer"),
-    ],
-    ids=lambda e: type(e).__name__,
-)
-async def test_a_failure_that_may_pass_is_retried_in_process(error):
-    rig = Rig(FakeClassifier(fail_with=error, fail_times=2))
-    batch = rig.batch("r.a")
-    await rig.process(batch, alone=False)
-    assert len(rig.classifier.calls) == 3
-    assert settled(batch) == ["ack"] and rig.tally.outcomes == {Outcome.ANSWERED: 1}
-
-
-async def test_a_failure_that_keeps_passing_requeues_the_batch_after_the_attempts():
-    rig = Rig(FakeClassifier(fail_with=ActorDiedError(), fail_times=99))
-    batch = rig.batch("r.a", "r.b")
-    await rig.process(batch, alone=False)
-    assert len(rig.classifier.calls) == 3
-    assert settled(batch) == ["requeue", "requeue"]
-    assert rig.tally.rework == {Rework.REQUEUED: 2} and rig.tally.outcomes == {}
-
-
-async def test_a_deterministic_classifier_error_is_requeued_without_retries():
-    rig = Rig(FakeClassifier(fail_with=task_error(ValueError("bad input")), fail_times=99))
-    batch = rig.batch("r.a")
-    await rig.process(batch, alone=False)
-    # One call per delivery: the broker's delivery limit bounds the calls, then the
-    # dead-letter answerer tells the client.
-    assert len(rig.classifier.calls) == 1
-    assert settled(batch) == ["requeue"] and rig.publisher.published == []
-
-
-def test_may_pass_looks_inside_ray_task_errors():
-    assert not may_pass(task_error(ValueError("deterministic")))
-    assert not may_pass(ValueError("deterministic"))
-    assert may_pass(task_error(ActorDiedError()))
-    assert may_pass(task_error(BackPressureError(1, 1)))
-    upstream = RayServeException("upstream actor died")
-    upstream.__cause__ = ActorDiedError()
-    assert may_pass(upstream)
-    assert not may_pass(RayServeException("something else"))
-
-
-async def test_a_wrong_number_of_outcomes_requeues_the_batch():
-    class Short(FakeClassifier):
-        async def __call__(self, images, top_ks, alone):
-            return (await super().__call__(images, top_ks, alone))[:-1]
-
-    rig = Rig(Short())
-    batch = rig.batch("r.a", "r.a")
-    await rig.process(batch, alone=False)
-    assert settled(batch) == ["requeue", "requeue"]
