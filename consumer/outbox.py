@@ -12,10 +12,12 @@ is recorded before its POST and each 2xx after it, keyed by task id. So an entry
 redelivered to another consumer (its first consumer died, or lost its ack) is not
 POSTed again once delivered, and continues its attempt count instead of starting
 over. The at-least-once bound: at most one extra POST per consumer that dies during a
-POST (between the 2xx and its record), and none for a consumer that dies after the
-2xx was recorded, while the ledger remembers it (``WEBHOOK_DEDUP_WINDOW``, and its one
-replica lives). Without a ledger, or while it cannot be reached, this process's own
-memory is all there is: a redelivered entry is POSTed again with a fresh budget.
+POST (before the 2xx was recorded), and none for a consumer that dies after the 2xx was
+recorded, while the ledger remembers it (``WEBHOOK_DEDUP_WINDOW``, and its one replica
+lives). Two copies of one result in the outbox at the same moment (its request was
+handed back twice) may each be POSTed once; one after the other, the second is not.
+Without a ledger, or while it cannot be reached, this process's own memory is all
+there is: an entry redelivered elsewhere is POSTed again with a fresh budget.
 Receivers deduplicate on the ``X-Rabbit-Serve-Id`` header either way.
 """
 
