@@ -104,6 +104,7 @@ def queue_names(prefix: str) -> dict[str, str]:
         "REPLY_QUEUE_PREFIX": f"{prefix}.replies",
         "DEAD_LETTER_QUEUE": f"{prefix}.dead",
         "WEBHOOK_QUEUE": f"{prefix}.webhooks",
+        "WEBHOOK_DEAD_LETTER_QUEUE": f"{prefix}.webhooks.dead",
     }
 
 
@@ -182,18 +183,22 @@ def delete_queue(settings: Settings, queue: str) -> None:
 
 
 def app_queues(app: App) -> tuple[str, ...]:
-    """Every durable queue an app declares: requests first, then dead letters and the
-    webhook outbox."""
+    """Every durable queue an app declares: requests first, then dead letters, the
+    webhook outbox and the webhook dead letters."""
     return (
         app.settings.request_queue,
         app.settings.dead_letter_queue,
         app.settings.webhook_queue,
+        app.settings.webhook_dead_letter_queue,
     )
 
 
 def delete_app_queues(app: App) -> None:
     for queue in app_queues(app):
-        delete_queue(app.settings, queue)
+        try:
+            delete_queue(app.settings, queue)
+        except aio_pika.exceptions.AMQPError:
+            pass  # never declared (an app torn down before its consumers started)
 
 
 def remove_app(app: App) -> int:

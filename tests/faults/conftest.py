@@ -80,13 +80,13 @@ def fault_app(serve_base_url: str) -> Iterator[Callable[..., App]]:
     """
     apps: list[App] = []
 
-    def make(name: str, *, classifiers: int = 1, **overrides: Any) -> App:
+    def make(name: str, *, classifiers: int = 1, ingress: int = 1, **overrides: Any) -> App:
         ensure_broker_running()
         app = deploy(
             name,
             f"/{name}",
             serve_base_url,
-            ingress_replicas=1,
+            ingress_replicas=ingress,
             classifier_replicas=classifiers,
             **overrides,
         )

@@ -81,6 +81,7 @@ async def test_sigkill_of_a_consumer_mid_batch_loses_nothing(app: App) -> None:
         records,
         timeout=TIMEOUT,
         label="consumer SIGKILL",
+        allowed=(),  # redelivery is well inside TIMEOUT: every request gets its 200
         late_results=after["late_results"] - before["late_results"],
         # Results handed back but not yet acked when it died are redelivered and done
         # again (the ingress drops the second result): at most what it could hold.
@@ -97,6 +98,5 @@ async def test_sigkill_of_a_consumer_mid_batch_loses_nothing(app: App) -> None:
     summary.check()
     # Redelivery is well inside TIMEOUT: every request, including those whose messages
     # the dead consumer held, gets its classification.
-    assert summary.errors == {}, summary.line()
     assert held > 0, "the victim held no unacked message: nothing was mid-batch"
     assert after["pending"] == 0

@@ -156,6 +156,9 @@ async def test_overload_is_refused_fast_and_bounded(app: App) -> None:
         records,
         timeout=TIMEOUT,
         label="overload",
+        # 503: the queue cap; 504: a request that waited TIMEOUT (in the proxy or the
+        # queue) before its answer came. Nothing else.
+        allowed=(503, 504),
         late_results=after["late_results"] - before["late_results"],
     )
     summary.report(

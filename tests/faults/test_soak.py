@@ -75,7 +75,7 @@ async def test_soak_no_growth(app: App) -> None:
         for name, mb in steady[0][4].items()
         if abs(steady[-1][4].get(name, 0.0) - mb) >= 5
     }
-    summary = reconcile(records, timeout=TIMEOUT, label=f"soak {DURATION_S:g}s")
+    summary = reconcile(records, timeout=TIMEOUT, allowed=(), label=f"soak {DURATION_S:g}s")
     summary.report(
         wall_s=round(time.monotonic() - started),
         throughput_per_s=round(summary.ok / DURATION_S, 1),
@@ -87,7 +87,6 @@ async def test_soak_no_growth(app: App) -> None:
         pending_after=after["pending"],
     )
     summary.check()
-    assert summary.errors == {}, summary.line()
     assert len(steady) >= 3, "soak too short to compare"
     assert last - first < MAX_GROWTH_MB, summary.line()
     assert max(p for _, _, p, _, _ in samples) <= CLIENTS

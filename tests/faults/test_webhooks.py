@@ -148,15 +148,20 @@ async def test_bad_webhooks_are_bounded_and_block_nothing(app: App) -> None:
         signatures = hooks.signatures()
 
     late = after["late_results"] - before["late_results"]
-    base = reconcile(baseline, timeout=TIMEOUT, label="webhooks: sync baseline")
+    base = reconcile(baseline, timeout=TIMEOUT, allowed=(), label="webhooks: sync baseline")
     beside = reconcile(
-        sync_records, timeout=TIMEOUT, label="webhooks: sync beside bad webhooks", late_results=late
+        sync_records,
+        timeout=TIMEOUT,
+        allowed=(),
+        label="webhooks: sync beside bad webhooks",
+        late_results=late,
     )
     deliveries = {task: len(seen.get(task, ())) for task in task_ids(good_records)}
     hooks_summary = reconcile(
         good_records + [r for rs in bad_records for r in rs],
         timeout=TIMEOUT,
         label="webhooks: callback requests",
+        allowed=(),
         ok_status=202,
         deliveries=deliveries,
     )
@@ -187,7 +192,6 @@ async def test_bad_webhooks_are_bounded_and_block_nothing(app: App) -> None:
     base.check()
     beside.check()
     hooks_summary.check()
-    assert beside.errors == {}, beside.line()
     # Bounded: exactly WEBHOOK_MAX_ATTEMPTS tries per bad webhook, once per good one.
     assert finished, f"webhook attempts still missing: {attempts}"
     for mode in BAD_MODES:
