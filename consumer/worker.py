@@ -169,7 +169,12 @@ class BatchingConsumer:
         )
         self._driver = driver = BatchDriver(batcher, processor, on_error=processor.on_error)
         admission = Admission(self._answered, self._tally, driver.submit)
-        answerer = DeadLetterAnswerer(hand_back, self._tally, settings.delivery_limit)
+        answerer = DeadLetterAnswerer(
+            hand_back,
+            self._tally,
+            settings.delivery_limit,
+            webhook_job_ttl=settings.webhook_job_ttl,
+        )
 
         # The robust connection re-opens the channel and these consumers after a drop.
         await broker.consume(requests, guarded(admission.on_request, self._tally, "admission"))
