@@ -26,6 +26,7 @@ from rabbit_serve.transport import (
     Publisher,
     PublishFailed,
     PublishTimedOut,
+    PublishUnroutable,
     SettleFailed,
 )
 
@@ -119,6 +120,14 @@ class HandBack:
     ) -> None:
         try:
             await self._publish(message, routing_key)
+        except PublishUnroutable:
+            # Nobody will ever take it (the ingress replica that waited is gone, and its
+            # exclusive queue with it): going round the queue again would only loop.
+            logger.warning(
+                "%d result(s) for %r had nowhere to go; dropping them", len(answers), routing_key
+            )
+            await self._done(answers, Outcome.UNROUTABLE)
+            return
         except PublishFailed as exc:
             logger.warning(
                 "could not hand back %d result(s) (%s); they go back to the queue",
@@ -127,6 +136,9 @@ class HandBack:
             )
             await self.requeue([a.inbound for a in answers], Rework.HANDBACK_FAILED)
             return
+        await self._done(answers, outcome)
+
+    async def _done(self, answers: list[Answer], outcome: Outcome) -> None:
         self._tally.outcome(outcome, len(answers))
         for answer in answers:
             self._answered.add(answer.task.id)

@@ -30,6 +30,9 @@ class Outcome(str, Enum):
     WEBHOOK_QUEUED = "webhook_queued"  # result confirmed in the webhook outbox, then acked
     EXPIRED = "expired"  # its client already had its 504: acked unprocessed
     MALFORMED = "malformed"  # can never be processed: rejected (or acked, off the request queue)
+    # Its result had nowhere to go (its ingress replica, and so its reply queue, is gone):
+    # the broker returned it, and the request was acked.
+    UNROUTABLE = "unroutable"
     # The classifier failed on it alone while the rest of its batch succeeded (it crashed
     # or hung the replica, say): answered with a 422 and acked, so it is not retried.
     POISON = "poison"
@@ -37,7 +40,8 @@ class Outcome(str, Enum):
     DEAD_LETTERED = "dead_lettered"
     # Webhook outbox.
     WEBHOOK_DELIVERED = "webhook_delivered"  # the receiver answered 2xx
-    WEBHOOK_FAILED = "webhook_failed"  # refused, or the policy's attempts spent: dropped
+    # Refused, or the policy's attempts spent: rejected to the webhook dead-letter queue.
+    WEBHOOK_FAILED = "webhook_failed"
 
 
 class Rework(str, Enum):

@@ -4,7 +4,8 @@ This class only wires the parts, each with one job:
 
 - :mod:`consumer.admission`: decode, reject malformed, skip duplicates and expired work;
 - :mod:`consumer.driver`: the batching rule on the event loop (timer, in-flight slots);
-- :mod:`consumer.classify`: one classifier call per batch, retried only if it may pass;
+- :mod:`consumer.classify`: one classifier call per batch, bounded by CLASSIFY_TIMEOUT; a
+  failing batch is split until the failing image is alone;
 - :mod:`consumer.handback`: publish results with confirms, then ack;
 - :mod:`consumer.outbox`: webhook results through a durable outbox, POSTed apart;
 - :mod:`consumer.dead_letters`: answer the clients of messages the broker gave up on;
@@ -37,6 +38,7 @@ from consumer.classify import BatchProcessor, ImageOutcome
 from consumer.dead_letters import DeadLetterAnswerer
 from consumer.dedup import RecentIds
 from consumer.driver import BatchDriver
+from consumer.failures import cancel_on_abandon
 from consumer.guard import guarded
 from consumer.handback import HandBack
 from consumer.liveness import Liveness, Progress
@@ -126,7 +128,8 @@ class BatchingConsumer:
     async def _classify(
         self, images: list[bytes], top_ks: list[int], alone: bool
     ) -> list[ImageOutcome]:
-        return await self._classifier.classify.remote(images, top_ks, alone)
+        # Cancelling the await alone would leave the request running on its replica.
+        return await cancel_on_abandon(self._classifier.classify.remote(images, top_ks, alone))
 
     async def _connect(self, role: str) -> broker.Connection:
         name = f"rabbit-serve consumer {serve.get_replica_context().replica_id.unique_id} {role}"
@@ -160,12 +163,16 @@ class BatchingConsumer:
             webhook_queue=settings.webhook_queue,
             model_name=settings.model_name,
         )
-        self._processor = processor = BatchProcessor(self._classify, hand_back, self._tally)
+        self._processor = processor = BatchProcessor(
+            self._classify, hand_back, self._tally, timeout=settings.classify_timeout
+        )
         batcher: Batcher[Delivery] = Batcher(
             settings.max_batch_size,
             settings.batch_timeout,
             settings.max_batches_in_flight,
             settings.dispatch_when_idle,
+            weight=lambda delivery: delivery.task.pixels,
+            max_weight=settings.max_batch_pixels,
         )
         self._driver = driver = BatchDriver(batcher, processor, on_error=processor.on_error)
         admission = Admission(self._answered, self._tally, driver.submit)
