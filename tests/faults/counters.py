@@ -24,7 +24,15 @@ from tests.faults.chaos import replicas
 
 CONSUMER = "BatchingConsumer"
 # Outcomes of the request queue: each message taken from it ends in exactly one.
-REQUEST_OUTCOMES = ("answered", "webhook_queued", "expired", "malformed", "poison", "dead_lettered")
+REQUEST_OUTCOMES = (
+    "answered",
+    "webhook_queued",
+    "expired",
+    "malformed",
+    "poison",
+    "unroutable",
+    "dead_lettered",
+)
 
 
 def call_replica(actor_name: str, method: str, *args: Any, timeout: float = 10.0) -> Any:

@@ -11,6 +11,7 @@ receiver's POSTs per task id, and every consumer replica's own counters.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ class Fault:
     start: float = 0.0
     end: float = 0.0
     notes: dict[str, Any] = field(default_factory=dict)
+    records: list[Record] = field(default_factory=list)  # requests the fault sent itself
 
 
 @dataclass
@@ -52,6 +54,11 @@ class Result:
     records: list[Record]
     deliveries: dict[str, int]
     recovery_s: float
+    notes: dict[str, Any]
+
+    def report(self, **extra: Any) -> None:
+        """Print and record the summary with the runner's figures and ``extra``."""
+        self.summary.report(**self.notes, **extra)
 
     def check(self) -> None:
         self.summary.check()
@@ -71,7 +78,7 @@ async def under_load(
     fault: Callable[[Load], Awaitable[Fault]],
     *,
     label: str,
-    allowed: Iterable[int],
+    allowed: Iterable[int] = (),
     allowed_if: Mapping[int, Callable[[Record], bool]] | None = None,
     clients: int = 8,
     hooks: HookServer | None = None,
@@ -125,7 +132,7 @@ async def under_load(
     for each, records in zip(loads[1:], done[1:], strict=True):
         for r in records:  # onto the main load's clock
             r.sent += each._t0 - load._t0
-    records = [r for rs in done for r in rs]
+    records = [r for rs in done for r in rs] + happened.records
 
     await asyncio.to_thread(drain, app, 120.0)
     deliveries: dict[str, int] = {}
@@ -165,15 +172,16 @@ async def under_load(
     )
     fresh = [r.done for r in records if r.status == 200 and r.sent >= happened.end]
     recovery_s = round(min(fresh) - happened.end, 2) if fresh else float("inf")
-    summary.report(
-        fault_s=round(happened.end - happened.start, 2),
-        recovery_s=recovery_s,
-        pending_after=after and after.get("pending"),
-        consumer_problems=problems,
+    notes = {
+        "fault_s": round(happened.end - happened.start, 2),
+        "recovery_s": recovery_s,
+        "pending_after": after and after.get("pending"),
+        "consumer_problems": problems,
+        "error_details": error_details(records),
         **view.figures(),
         **happened.notes,
-    )
-    return Result(summary, view, problems, happened, records, deliveries, recovery_s)
+    }
+    return Result(summary, view, problems, happened, records, deliveries, recovery_s, notes)
 
 
 def fast(records: Iterable[Record], status: int, within_s: float) -> list[Record]:
@@ -183,3 +191,13 @@ def fast(records: Iterable[Record], status: int, within_s: float) -> list[Record
 
 def sent_between(records: Iterable[Record], start: float, end: float) -> list[Record]:
     return [r for r in records if start <= r.sent < end]
+
+
+def error_details(records: Iterable[Record]) -> dict[str, int]:
+    """Error answers by status and the start of their detail, for the report."""
+    found = Counter(
+        f"{r.status}: {(r.detail or r.error or '')[:70]}"
+        for r in records
+        if r.status not in (200, 202)
+    )
+    return dict(found.most_common(6))
