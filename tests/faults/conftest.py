@@ -31,7 +31,7 @@ from rabbit_serve.local_cluster import (
     wait_healthy,
 )
 from tests.faults.chaos import drain, ensure_broker_running
-from tests.faults.load import record
+from tests.faults.reconcile import record
 
 
 def pytest_configure(config: pytest.Config) -> None:

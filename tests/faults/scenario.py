@@ -22,17 +22,8 @@ from rabbit_serve.local_cluster import App
 from tests.faults.chaos import drain
 from tests.faults.counters import ConsumerView, consumer_delta, consumer_problems, replica_stats
 from tests.faults.hooks import HookServer
-from tests.faults.load import (
-    DEFAULT_MARGIN_S,
-    LOST_AFTER_EXTRA_S,
-    Load,
-    Record,
-    Summary,
-    accepted_tasks,
-    payloads,
-    reconcile,
-    stats,
-)
+from tests.faults.load import DEFAULT_MARGIN_S, LOST_AFTER_EXTRA_S, Load, Record, payloads, stats
+from tests.faults.reconcile import Summary, accepted_tasks, reconcile
 
 
 @dataclass

@@ -28,10 +28,10 @@ from tests.faults.load import (
     in_flight_at,
     payloads,
     percentile,
-    reconcile,
     stats,
     statuses,
 )
+from tests.faults.reconcile import reconcile
 
 TIMEOUT = 15.0
 NUM_CONSUMERS = 1

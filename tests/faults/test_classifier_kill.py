@@ -22,10 +22,10 @@ from tests.faults.load import (
     Load,
     in_flight_at,
     payloads,
-    reconcile,
     stats,
     statuses,
 )
+from tests.faults.reconcile import reconcile
 
 TIMEOUT = 30.0
 CLIENTS = 12

@@ -17,10 +17,10 @@ from tests.faults.load import (
     Load,
     in_flight_at,
     payloads,
-    reconcile,
     stats,
     statuses,
 )
+from tests.faults.reconcile import reconcile
 
 TIMEOUT = 30.0  # generous: redelivery must finish well inside it
 CLIENTS = 12

@@ -34,9 +34,9 @@ from tests.faults.load import (
     Load,
     payloads,
     percentile,
-    reconcile,
     stats,
 )
+from tests.faults.reconcile import reconcile
 from tests.images import ESPRESSO, sample
 
 TIMEOUT = 10.0

@@ -17,7 +17,8 @@ import pytest
 
 from rabbit_serve.local_cluster import App, queue_depth
 from tests.faults.chaos import drain, rss_by_process
-from tests.faults.load import DEFAULT_MARGIN_S, LOST_AFTER_EXTRA_S, Load, payloads, reconcile, stats
+from tests.faults.load import DEFAULT_MARGIN_S, LOST_AFTER_EXTRA_S, Load, payloads, stats
+from tests.faults.reconcile import reconcile
 
 pytestmark = pytest.mark.soak
 

@@ -20,16 +20,8 @@ from rabbit_serve.local_cluster import App
 from rabbit_serve.settings import Settings
 from tests.faults.chaos import unacked
 from tests.faults.hooks import Attempt, hook_server
-from tests.faults.load import (
-    DEFAULT_MARGIN_S,
-    LOST_AFTER_EXTRA_S,
-    Load,
-    Record,
-    payloads,
-    reconcile,
-    record,
-    stats,
-)
+from tests.faults.load import DEFAULT_MARGIN_S, LOST_AFTER_EXTRA_S, Load, Record, payloads, stats
+from tests.faults.reconcile import reconcile, record
 
 TIMEOUT = 10.0
 WEBHOOK_TIMEOUT = 1.0
