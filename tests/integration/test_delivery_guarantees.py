@@ -77,7 +77,7 @@ def broker_queues(settings: Settings) -> dict[str, dict[str, Any]]:
 
 
 async def test_queue_is_durable_quorum_with_limits():
-    settings = isolated_settings(max_queue_length=321, delivery_limit=4)
+    settings = isolated_settings(max_queue_length=321, delivery_limit=4, max_queue_bytes=54321)
     connection, channel = await open_channel(settings)
     async with connection:
         queue, _ = await broker.declare_request_queue(channel, settings)
@@ -92,6 +92,7 @@ async def test_queue_is_durable_quorum_with_limits():
                 "x-dead-letter-exchange": "",
                 "x-dead-letter-routing-key": settings.dead_letter_queue,
                 "x-max-length": 321,
+                "x-max-length-bytes": 54321,
                 "x-overflow": "reject-publish",
             }
             dead = held[settings.dead_letter_queue]
