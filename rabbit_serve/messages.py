@@ -1,16 +1,15 @@
 """The wire format between ingress, consumers and callbacks, and nothing else.
 
-A request travels as one AMQP message per image: the body is the raw encoded
-image (no base64, no JSON around it) and everything else rides in AMQP
-properties and headers, so a consumer reads metadata without parsing the body.
-A result travels back as a small JSON document; the results of one batch that
-belong to the same ingress replica travel together as one JSON array (one publish
-and one delivery per batch, not per image).
+A one-image request is one AMQP message: the body is the raw image (no base64, no
+JSON) and the rest rides in properties and headers, read without parsing the body. N > 1
+images are one *bundle* message (:func:`encode_bundle`): the images concatenated, their
+lengths in a header, so one confirm queues all or none (a 503 never leaves part queued).
+A result travels back as a small JSON document; the results of one batch for the same
+ingress replica travel as one JSON array (one publish and one delivery per batch).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +30,12 @@ H_TOP_K = "rs-top-k"
 H_SENT_AT = "rs-sent-at-ms"
 H_DEADLINE = "rs-deadline-ms"
 H_CALLBACK_URL = "rs-callback-url"
-# Width x height, read from the image header by the ingress: the consumer's batches
-# stay within MAX_BATCH_PIXELS without decoding anything. 0 when unknown.
+# Width x height from the image header: batches keep to MAX_BATCH_PIXELS without
+# decoding anything. 0 when unknown. A bundle: each image's byte length and pixel
+# count, in order; its message_id is the request id, part i the task f"{request_id}-{i}".
 H_PIXELS = "rs-pixels"
+H_SIZES = "rs-sizes"
+H_PIXELS_LIST = "rs-pixels-list"
 
 
 class MalformedMessage(ValueError):
@@ -60,34 +62,51 @@ class ClassifyTask:
     reply_to: str | None = None
     callback_url: str | None = None
     pixels: int = 0
-
-    def remaining(self, now: float | None = None) -> float:
-        """Seconds until the client stops waiting (negative once it has)."""
-        return self.deadline - (time.time() if now is None else now)
+    # ``deadline``, the ingress's clock, is never compared with a consumer's: it only sets
+    # the message's TTL (deadline - sent_at), which the broker counts from enqueue.
 
 
-def encode_task(task: ClassifyTask) -> Outbound:
+def _request_headers(task: ClassifyTask) -> dict[str, Any]:
     headers: dict[str, Any] = {
         H_REQUEST_ID: task.request_id,
-        H_INDEX: task.index,
         H_TOP_K: task.top_k,
         H_SENT_AT: round(task.sent_at * 1000),
         H_DEADLINE: round(task.deadline * 1000),
     }
     if task.callback_url:
         headers[H_CALLBACK_URL] = task.callback_url
-    if task.pixels:
-        headers[H_PIXELS] = task.pixels
+    return headers
+
+
+def _outbound(task: ClassifyTask, body: bytes, message_id: str, headers: dict) -> Outbound:
     return Outbound(
-        body=task.image,
-        message_id=task.id,
-        correlation_id=task.id,
+        body=body,
+        message_id=message_id,
+        correlation_id=message_id,
         headers=headers,
         content_type=IMAGE_CONTENT_TYPE,
         timestamp=task.sent_at,
         reply_to=task.reply_to,
+        # Measured by the broker's clock from enqueue: expiry never compares two clocks.
         expiration=max(task.deadline - task.sent_at, 0.001),
     )
+
+
+def encode_task(task: ClassifyTask) -> Outbound:
+    headers = _request_headers(task)
+    headers[H_INDEX] = task.index
+    if task.pixels:
+        headers[H_PIXELS] = task.pixels
+    return _outbound(task, task.image, task.id, headers)
+
+
+def encode_bundle(tasks: Sequence[ClassifyTask]) -> Outbound:
+    """The tasks of one request (same request id, options and times) as one message."""
+    first = tasks[0]
+    headers = _request_headers(first)
+    headers[H_SIZES] = [len(t.image) for t in tasks]
+    headers[H_PIXELS_LIST] = [t.pixels for t in tasks]
+    return _outbound(first, b"".join(t.image for t in tasks), first.request_id, headers)
 
 
 def _header(headers: dict[str, Any], name: str, kind: type) -> Any:
@@ -102,18 +121,19 @@ def _header(headers: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
-def decode_task(
-    body: bytes,
-    headers: dict[str, Any] | None,
-    message_id: str | None,
-    reply_to: str | None,
-) -> ClassifyTask:
-    """Rebuild a task from a delivery; raises :class:`MalformedMessage` on anything off."""
-    headers = headers or {}
-    if not message_id:
-        raise MalformedMessage("missing message_id")
-    if not body:
-        raise MalformedMessage("empty body")
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _counts(headers: dict[str, Any], name: str) -> list[int]:
+    value = headers.get(name)
+    if not isinstance(value, (list, tuple)) or not all(_count(v) for v in value):
+        raise MalformedMessage(f"header {name!r} should be a list of non-negative ints")
+    return list(value)
+
+
+def _common(headers: dict[str, Any], reply_to: str | None) -> dict[str, Any]:
+    """The fields every task of a message shares, validated."""
     callback_url = headers.get(H_CALLBACK_URL)
     if isinstance(callback_url, bytes):
         callback_url = callback_url.decode("utf-8", "replace")
@@ -121,24 +141,67 @@ def decode_task(
         raise MalformedMessage(f"header {H_CALLBACK_URL!r} should be str")
     if not reply_to and not callback_url:
         raise MalformedMessage("message names neither reply_to nor a callback URL")
-    pixels = headers.get(H_PIXELS, 0)
-    if not isinstance(pixels, int) or isinstance(pixels, bool) or pixels < 0:
-        raise MalformedMessage(f"header {H_PIXELS!r} should be a non-negative int")
     top_k = _header(headers, H_TOP_K, int)
     if top_k < 1:
         raise MalformedMessage(f"top_k must be positive, got {top_k}")
-    return ClassifyTask(
-        id=message_id,
-        request_id=_header(headers, H_REQUEST_ID, str),
-        index=_header(headers, H_INDEX, int),
-        image=bytes(body),
-        top_k=top_k,
-        sent_at=_header(headers, H_SENT_AT, int) / 1000,
-        deadline=_header(headers, H_DEADLINE, int) / 1000,
-        reply_to=reply_to or None,
-        callback_url=callback_url or None,
-        pixels=pixels,
-    )
+    return {
+        "request_id": _header(headers, H_REQUEST_ID, str),
+        "top_k": top_k,
+        "sent_at": _header(headers, H_SENT_AT, int) / 1000,
+        "deadline": _header(headers, H_DEADLINE, int) / 1000,
+        "reply_to": reply_to or None,
+        "callback_url": callback_url or None,
+    }
+
+
+# Every decoder takes (body, headers, message_id, reply_to) of a delivery and raises
+# MalformedMessage on anything off.
+Headers = dict[str, Any] | None
+
+
+def decode_task(
+    body: bytes, headers: Headers, message_id: str | None, reply_to: str | None
+) -> ClassifyTask:
+    """A one-image message's task."""
+    headers = headers or {}
+    if not message_id:
+        raise MalformedMessage("missing message_id")
+    if not body:
+        raise MalformedMessage("empty body")
+    if not _count(pixels := headers.get(H_PIXELS, 0)):
+        raise MalformedMessage(f"header {H_PIXELS!r} should be a non-negative int")
+    index = _header(headers, H_INDEX, int)
+    common = _common(headers, reply_to)
+    return ClassifyTask(message_id, index=index, image=bytes(body), pixels=pixels, **common)
+
+
+def decode_bundle(
+    body: bytes, headers: Headers, message_id: str | None, reply_to: str | None
+) -> list[ClassifyTask]:
+    """A bundle's tasks, in order: sizes must cut the body into non-empty parts."""
+    headers = headers or {}
+    common = _common(headers, reply_to)
+    rid = common["request_id"]
+    if message_id != rid:
+        raise MalformedMessage("a bundle's message_id must be its request id")
+    sizes = _counts(headers, H_SIZES)
+    pixels = _counts(headers, H_PIXELS_LIST) if H_PIXELS_LIST in headers else [0] * len(sizes)
+    if not sizes or 0 in sizes or sum(sizes) != len(body) or len(pixels) != len(sizes):
+        raise MalformedMessage(f"bundle of {len(body)} bytes, sizes {sizes}, pixels {pixels}")
+    body, tasks, start = bytes(body), [], 0
+    for i, (size, count) in enumerate(zip(sizes, pixels, strict=True)):
+        image, start = body[start : start + size], start + size
+        tasks.append(ClassifyTask(f"{rid}-{i}", index=i, image=image, pixels=count, **common))
+    return tasks
+
+
+def decode_tasks(
+    body: bytes, headers: Headers, message_id: str | None, reply_to: str | None
+) -> list[ClassifyTask]:
+    """The tasks of a request message of either kind (one image, or a bundle)."""
+    if H_SIZES in (headers or {}):
+        return decode_bundle(body, headers, message_id, reply_to)
+    return [decode_task(body, headers, message_id, reply_to)]
 
 
 def dead_letter_reason(headers: dict[str, Any] | None) -> str:
@@ -164,11 +227,8 @@ class ErrorInfo:
 
 @dataclass(frozen=True)
 class ClassifyResult:
-    """The answer for one task, as it travels to the owning ingress replica.
-
-    ``to_dict`` / ``from_dict`` are the internal wire format only; what a client sees
-    (HTTP answer or webhook body) is rendered by :mod:`rabbit_serve.render`.
-    """
+    """The answer for one task, as it travels to the owning ingress replica: the
+    internal format only; what a client sees is rendered by :mod:`rabbit_serve.render`."""
 
     id: str
     request_id: str
@@ -197,11 +257,7 @@ class ClassifyResult:
 
     @classmethod
     def from_json(cls, data: bytes) -> ClassifyResult:
-        try:
-            raw = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise MalformedMessage(f"undecodable result: {exc}") from exc
-        return cls.from_dict(raw)
+        return cls.from_dict(_loads(data, "result"))
 
     @classmethod
     def from_dict(cls, raw: Any) -> ClassifyResult:
@@ -225,12 +281,16 @@ def encode_reply(results: Sequence[ClassifyResult]) -> bytes:
     return orjson.dumps([r.to_dict() for r in results])
 
 
+def _loads(data: bytes, what: str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedMessage(f"undecodable {what}: {exc}") from exc
+
+
 def decode_reply(data: bytes) -> list[ClassifyResult]:
     """The results in a reply: a JSON array of results, or a single result object."""
-    try:
-        raw = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedMessage(f"undecodable reply: {exc}") from exc
+    raw = _loads(data, "reply")
     if isinstance(raw, list):
         if not raw:
             raise MalformedMessage("empty reply")

@@ -16,7 +16,7 @@ from consumer.driver import BatchDriver
 from consumer.guard import guarded
 from consumer.handback import HandBack
 from consumer.outcomes import Outcome, Rework, Tally
-from rabbit_serve.messages import decode_reply
+from rabbit_serve.messages import decode_reply, encode_bundle
 from tests.factories import make_task
 from tests.fakes import FakeClassifier, FakeInbound, FakePublisher, task_error
 
@@ -50,18 +50,15 @@ async def test_every_message_is_settled_once_and_counted_once():
     classifier = FakeClassifier(fail_with=BackPressureError(1, 1), fail_times=1)
     consumer = Consumer(classifier, FakePublisher())
     good = [FakeInbound.of(make_task(f"r.{i % 2}", image=b"img")) for i in range(10)]
-    expired = [FakeInbound.of(make_task("r.0", ttl=-1.0))]
+    # Past its deadline by this clock: still answered (expiry is the broker's TTL alone).
+    late = [FakeInbound.of(make_task("r.0", ttl=-1.0))]
     malformed = [FakeInbound(b"", {}, "junk", "r.0")]
-    for inbound in good + expired + malformed:
+    for inbound in good + late + malformed:
         await consumer.on_request(inbound)
     await consumer.idle()
     assert [i.settled_as for i in good] == ["ack"] * 10
-    assert expired[0].settled_as == "ack" and malformed[0].settled_as == "reject"
-    assert consumer.tally.outcomes == {
-        Outcome.ANSWERED: 10,
-        Outcome.EXPIRED: 1,
-        Outcome.MALFORMED: 1,
-    }
+    assert late[0].settled_as == "ack" and malformed[0].settled_as == "reject"
+    assert consumer.tally.outcomes == {Outcome.ANSWERED: 11, Outcome.MALFORMED: 1}
     assert sum(consumer.tally.outcomes.values()) == 12  # one per message
     assert len(classifier.calls) >= 2  # the first call failed, and was retried
 
@@ -123,3 +120,17 @@ async def test_a_deterministic_failure_costs_delivery_limit_plus_one_calls_then_
     # Counted once, at its final state; the deliveries before it are rework.
     assert consumer.tally.outcomes == {Outcome.DEAD_LETTERED: 1}
     assert consumer.tally.rework[Rework.REQUEUED] == limit + 1
+
+
+async def test_a_bundle_is_answered_image_by_image_and_acked_once():
+    publisher = FakePublisher()
+    consumer = Consumer(FakeClassifier(), publisher)
+    tasks = [make_task("r.0", id=f"b-{i}", request_id="b", index=i) for i in range(6)]
+    message = encode_bundle(tasks)
+    inbound = FakeInbound(message.body, message.headers, message.message_id, message.reply_to)
+    await consumer.on_request(inbound)
+    await consumer.idle()
+    assert inbound.settled_as == "ack"
+    answered = sorted(r.id for m in publisher.to("r.0") for r in decode_reply(m.body))
+    assert answered == [t.id for t in tasks]
+    assert consumer.tally.outcomes == {Outcome.ANSWERED: 6}

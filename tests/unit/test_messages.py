@@ -4,12 +4,16 @@ from hypothesis import strategies as st
 
 from rabbit_serve.messages import (
     H_DEADLINE,
+    H_PIXELS_LIST,
+    H_SIZES,
     H_TOP_K,
     ClassifyResult,
     ErrorInfo,
     MalformedMessage,
     decode_reply,
     decode_task,
+    decode_tasks,
+    encode_bundle,
     encode_reply,
     encode_task,
 )
@@ -136,3 +140,105 @@ def test_a_reply_carries_a_batch_of_results_or_a_single_one():
 def test_undecodable_replies_are_malformed(data):
     with pytest.raises(MalformedMessage):
         decode_reply(data)
+
+
+# -- bundles: the images of one request as one message -------------------------------
+
+
+def bundle_tasks(count: int = 3, **overrides):
+    return [
+        make_task(
+            id=f"rq-{i}",
+            request_id="rq",
+            index=i,
+            image=bytes([i + 1]) * (i + 2),
+            pixels=100 * (i + 1),
+            sent_at=1000.25,
+            deadline=1030.5,
+            **overrides,
+        )
+        for i in range(count)
+    ]
+
+
+def decode_message(msg, **changes):
+    fields = {
+        "body": msg.body,
+        "headers": dict(msg.headers),
+        "message_id": msg.message_id,
+        "reply_to": msg.reply_to,
+    }
+    fields.update(changes)
+    return decode_tasks(**fields)
+
+
+@pytest.mark.parametrize("callback", [None, "https://example.org/hook"])
+def test_a_bundle_roundtrips_to_the_same_tasks(callback):
+    reply_to = None if callback else "rabbit-serve.replies.test"
+    tasks = bundle_tasks(callback_url=callback, reply_to=reply_to)
+    msg = encode_bundle(tasks)
+    assert msg.message_id == "rq" and msg.body == b"".join(t.image for t in tasks)
+    assert msg.headers[H_SIZES] == [2, 3, 4] and msg.headers[H_PIXELS_LIST] == [100, 200, 300]
+    assert msg.expiration == pytest.approx(30.25)
+    assert decode_message(msg) == tasks
+
+
+def test_decode_tasks_reads_a_one_image_message_too():
+    task = make_task(sent_at=1.5, deadline=9.5, pixels=7)
+    assert decode_message(encode_task(task)) == [task]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"body": b""},
+        {"body": b"\x01\x01\x02\x02\x02\x03\x03\x03\x03!"},  # one byte more than the sizes
+        {"message_id": "rq-0"},
+        {"message_id": None},
+        {"reply_to": None},
+        {"headers": {H_SIZES: [2, 3, 4]}},
+    ],
+)
+def test_an_inconsistent_bundle_is_malformed(change):
+    with pytest.raises(MalformedMessage):
+        decode_message(encode_bundle(bundle_tasks()), **change)
+
+
+@pytest.mark.parametrize(
+    "header, value",
+    [
+        (H_SIZES, [2, 3]),
+        (H_SIZES, [2, 0, 3, 4]),
+        (H_SIZES, [5, 0, 4]),
+        (H_SIZES, []),
+        (H_SIZES, [2, -1, 8]),
+        (H_SIZES, "2,3,4"),
+        (H_SIZES, [2, True, 5]),
+        (H_PIXELS_LIST, [1, 2]),
+        (H_PIXELS_LIST, [1, -2, 3]),
+        (H_PIXELS_LIST, None),
+    ],
+)
+def test_bad_bundle_headers_are_malformed(header, value):
+    msg = encode_bundle(bundle_tasks())
+    with pytest.raises(MalformedMessage):
+        decode_message(msg, headers={**msg.headers, header: value})
+
+
+def test_a_bundle_without_pixel_counts_has_them_unknown():
+    msg = encode_bundle(bundle_tasks())
+    headers = {k: v for k, v in msg.headers.items() if k != H_PIXELS_LIST}
+    assert [t.pixels for t in decode_message(msg, headers=headers)] == [0, 0, 0]
+
+
+@given(
+    sizes=st.one_of(st.lists(st.integers(-3, 6), max_size=5), st.text(max_size=4), st.none()),
+    body=st.binary(max_size=24),
+)
+def test_the_bundle_decoder_only_ever_raises_malformed(sizes, body):
+    msg = encode_bundle(bundle_tasks())
+    try:
+        tasks = decode_message(msg, body=body, headers={**msg.headers, H_SIZES: sizes})
+    except MalformedMessage:
+        return
+    assert b"".join(t.image for t in tasks) == body and all(t.image for t in tasks)
