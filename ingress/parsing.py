@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 from pydantic import ValidationError
@@ -33,6 +33,9 @@ class ParsedRequest:
     top_k: int
     callback_url: str | None
     multi: bool
+    # Width x height of each image, read from its header while validating it: the
+    # consumer's batches keep to MAX_BATCH_PIXELS without decoding. Empty: unknown (0).
+    pixels: list[int] = field(default_factory=list)
 
 
 def request_start(header: str | None, now: float) -> float:
@@ -146,16 +149,17 @@ def validate_callback_url(url: str | None, settings: Settings) -> str | None:
     return url
 
 
-def validate_image(data: bytes, settings: Settings, what: str = "image") -> bytes:
+def validate_image(data: bytes, settings: Settings, what: str = "image") -> int:
+    """Checks one image from its header alone; returns its pixel count."""
     if len(data) > settings.max_image_bytes:
         raise ClientError(
             413, f"{what} is larger than the limit of {settings.max_image_bytes} bytes"
         )
     try:
-        inspect_image(data, settings.max_image_pixels)
+        info = inspect_image(data, settings.max_image_pixels)
     except ClientError as exc:
         raise ClientError(exc.status, f"{what}: {exc.message}") from None
-    return data
+    return info.width * info.height
 
 
 def _check_count(count: int, settings: Settings) -> None:
@@ -196,12 +200,13 @@ def parse_json(body: bytes, settings: Settings) -> ParsedRequest:
     _check_count(len(encoded), settings)
     top_k = resolve_top_k(request.top_k, settings)
     callback_url = validate_callback_url(request.callback_url, settings)
-    images = []
+    images, pixels = [], []
     for i, value in enumerate(encoded):
         what = "image" if request.image is not None else f"images[{i}]"
         data = decode_base64_image(value, settings.max_image_bytes, what)
-        images.append(validate_image(data, settings, what))
-    return ParsedRequest(images, top_k, callback_url, multi=request.images is not None)
+        pixels.append(validate_image(data, settings, what))
+        images.append(data)
+    return ParsedRequest(images, top_k, callback_url, request.images is not None, pixels)
 
 
 def parse_upload(
@@ -212,12 +217,13 @@ def parse_upload(
 ) -> ParsedRequest:
     """A multipart upload: one or more ``file`` parts holding raw image files."""
     _check_count(len(files), settings)
-    images = [
+    pixels = [
         validate_image(data, settings, name or f"file[{i}]") for i, (name, data) in enumerate(files)
     ]
     return ParsedRequest(
-        images,
+        [data for _, data in files],
         resolve_top_k(top_k, settings),
         validate_callback_url(callback_url, settings),
-        multi=len(images) > 1,
+        multi=len(files) > 1,
+        pixels=pixels,
     )
