@@ -41,6 +41,7 @@ class Attempt:
     task_id: str
     at: float  # time.monotonic() when the whole request had arrived
     signature: str  # "valid", "invalid" or "absent"
+    error: int | None = None  # the body's error.status when it POSTs an error, not a result
 
 
 def verify_signature(secret: str, header: str | None, body: bytes, now: float) -> str:
@@ -85,6 +86,11 @@ class HookServer:
                 if mode is None or attempt.mode == mode:
                     grouped[attempt.task_id].append(attempt)
         return dict(grouped)
+
+    def errors(self) -> Counter[int]:
+        """POSTs that carried an error instead of a result, by its status."""
+        with self._lock:
+            return Counter(a.error for a in self.attempts if a.error is not None)
 
     def signatures(self) -> Counter[str]:
         with self._lock:
@@ -140,15 +146,19 @@ class HookServer:
                     return
                 path, headers, body = request
                 mode = path.strip("/").split("?")[0]
+                error = None
                 try:
-                    task_id = str(orjson.loads(body).get("id"))
-                except (orjson.JSONDecodeError, AttributeError):
+                    parsed = orjson.loads(body)
+                    task_id = str(parsed.get("id"))
+                    if isinstance(parsed.get("error"), dict):
+                        error = int(parsed["error"].get("status") or 0)
+                except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
                     task_id = "?"
                 signature = verify_signature(
                     self.secret, headers.get(SIGNATURE_HEADER), body, time.time()
                 )
                 with self._lock:
-                    self.attempts.append(Attempt(mode, task_id, time.monotonic(), signature))
+                    self.attempts.append(Attempt(mode, task_id, time.monotonic(), signature, error))
                 if mode == "hang":
                     # Never answer; return when the client closes the connection.
                     await reader.read()

@@ -76,6 +76,7 @@ async def under_load(
     webhook_clients: int = 0,
     webhook_mode: str = "ok",
     webhook_bound_s: float = 60.0,
+    webhook_errors: Iterable[int] = (),
     fault_at: float = 5.0,
     after_s: float = 10.0,
     max_pause_s: float = 0.5,
@@ -161,6 +162,10 @@ async def under_load(
         sent_tasks=len(records),
         rework_bound=rework_bound,
     )
+    posted_errors = dict(hooks.errors()) if hooks is not None else {}
+    stray = {status: n for status, n in posted_errors.items() if status not in set(webhook_errors)}
+    if stray:
+        problems.append(f"webhooks POSTed errors instead of results: {stray}")
     fresh = [r.done for r in records if r.status == 200 and r.sent >= happened.end]
     recovery_s = round(min(fresh) - happened.end, 2) if fresh else float("inf")
     notes = {
@@ -169,6 +174,7 @@ async def under_load(
         "pending_after": after and after.get("pending"),
         "consumer_problems": problems,
         "error_details": error_details(records),
+        "webhook_error_posts": posted_errors,
         **view.figures(),
         **happened.notes,
     }

@@ -1,6 +1,6 @@
 """A poison image under steady load: a highly compressible 40-megapixel PNG (160 KiB on
 the wire, hundreds of MiB once decoded), with CLASSIFIER_MAX_MEMORY_MB set about
-200 MiB above a classifier replica's idle memory, and two classifier replicas.
+150 MiB above a classifier replica's idle memory, and two classifier replicas.
 
 The replica that decodes it passes its memory cap and exits (Serve replaces it). The
 consumer splits the failing batch until the image is alone; that image is answered 422
@@ -27,10 +27,11 @@ from tests.faults.scenario import Fault, under_load
 TIMEOUT = 40.0  # the splits wait for replicas Serve restarts
 CLIENTS = 8
 POISONS = 2
-# Idle resident memory of a warm classifier replica, measured on this machine (~250-300
-# MiB); the test checks the measurement before it relies on it.
-IDLE_RSS_MB = 300
-MAX_MEMORY_MB = IDLE_RSS_MB + 200
+# Idle resident memory of a warm classifier replica, measured on this machine: 350-447
+# MiB after a few seconds of batches of 8 (ONNX Runtime's arena grows with them); the
+# test checks the measurement before it relies on it.
+IDLE_RSS_MB = 450
+MAX_MEMORY_MB = IDLE_RSS_MB + 150
 
 
 @functools.cache
