@@ -32,6 +32,7 @@ import httpx
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from consumer import bundle
 from consumer.admission import Admission, Delivery
 from consumer.batching import Batcher
 from consumer.classify import BatchProcessor, ImageOutcome
@@ -181,6 +182,8 @@ class BatchingConsumer:
             self._tally,
             settings.delivery_limit,
             webhook_job_ttl=settings.webhook_job_ttl,
+            # A dead-lettered multi-image request is answered image by image.
+            parts=bundle.parts,
         )
 
         # The robust connection re-opens the channel and these consumers after a drop.
