@@ -68,7 +68,7 @@ async def test_poison_image_is_isolated(app: App) -> None:
         poison = Load(
             app.url,
             [Payload(body, "poison")],
-            clients=1,
+            clients=POISONS,  # at once: they may share a batch, and both must be isolated
             count=POISONS,
             request_timeout=TIMEOUT + DEFAULT_MARGIN_S + 10,
             label="poison",
