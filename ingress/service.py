@@ -1,4 +1,4 @@
-"""One ingress replica's work behind the HTTP routes: publish each image, wait for its result.
+"""One ingress replica's work behind the HTTP routes: publish a request, wait for its results.
 
 The routes find the replica's :class:`IngressService` through :func:`current_service`
 (a FastAPI dependency), so they are tested with a fake one and no Serve, broker or Ray.
@@ -14,15 +14,25 @@ from typing import Annotated, Protocol
 from fastapi import Depends
 
 from ingress.health import ClassifierProbe
+from ingress.idempotency import (
+    KEY_HEADER,
+    LEDGER_WAIT_S,
+    IdempotencyStore,
+    ledger_key,
+    run_keyed,
+)
 from ingress.parsing import ParsedRequest, request_start
 from ingress.pending import PendingResults
 from rabbit_serve import render
 from rabbit_serve.errors import ClientError, ServiceUnavailable
-from rabbit_serve.messages import ClassifyTask, encode_task
+from rabbit_serve.messages import ClassifyTask, encode_bundle, encode_task
 from rabbit_serve.render import Rendered
 from rabbit_serve.settings import Settings
-from rabbit_serve.transport import Outbound
+from rabbit_serve.transport import Outbound, PublishBlocked, PublishFailed, PublishRefused
 from rabbit_serve.webhook_security import WebhookRefused, resolve
+
+# Said in a 503 whose work the broker may have queued after all.
+MAYBE_QUEUED = f"the broker may have queued it: retry with the same {KEY_HEADER}"
 
 
 class TaskPublisher(Protocol):
@@ -39,34 +49,84 @@ class TaskPublisher(Protocol):
         ...
 
 
+def unavailable(exc: ServiceUnavailable) -> Rendered:
+    """The 503 for a publish the broker did not confirm. Nothing of the request is queued,
+    unless the publish went out and its confirm never came (a timeout, a connection lost
+    mid-publish): the broker may have it, and the answer says so."""
+    cause = exc.__cause__
+    if isinstance(cause, PublishFailed) and not isinstance(cause, (PublishRefused, PublishBlocked)):
+        return render.unavailable(f"{exc}; {MAYBE_QUEUED}")
+    return render.unavailable(str(exc))
+
+
 class IngressService:
+    """``idempotency``: the shared ledger of ``Idempotency-Key`` claims (production always
+    has one); ``None``: a request with the header is answered 503 (nothing queued), a
+    request without it is served as ever. ``ledger_wait``: seconds a ledger call may take."""
+
     def __init__(
         self,
         settings: Settings,
         producer: TaskPublisher,
         pending: PendingResults,
         probe: ClassifierProbe,
+        idempotency: IdempotencyStore | None = None,
+        *,
+        ledger_wait: float = LEDGER_WAIT_S,
     ) -> None:
         self.settings = settings
         self._producer = producer
         self._pending = pending
         self._probe = probe
+        self._idempotency = idempotency
+        self._ledger_wait = ledger_wait
 
     async def classify(
-        self, parsed: ParsedRequest, request_start_header: str | None, started: float
+        self,
+        parsed: ParsedRequest,
+        request_start_header: str | None,
+        started: float,
+        idempotency_key: str | None = None,
+        scope: str = "",
     ) -> Rendered:
-        """Publish one task per image, then answer: with the results, at once with 202
-        for a webhook, 503 if the broker does not take them, 504 past the deadline.
-        ``started`` is ``time.perf_counter()`` when the request arrived."""
+        """Publish the request's images (one message, or one bundle of several), then
+        answer: with the results, at once with 202 for a webhook, 503 if the broker did
+        not take them, 504 past the deadline. ``started`` is ``time.perf_counter()`` when
+        the request arrived. ``idempotency_key`` (checked by the route) and ``scope`` (who
+        sent it): see :mod:`ingress.idempotency`; without a key, no ledger call at all."""
         if parsed.callback_url:
             await self._check_webhook(parsed.callback_url)
-        request_id = uuid.uuid4().hex
+
+        async def work(request_id: str) -> tuple[Rendered, bool]:
+            return await self._classify(parsed, request_start_header, started, request_id)
+
+        if idempotency_key is None:
+            rendered, _ = await work(uuid.uuid4().hex)
+            return rendered
+        if self._idempotency is None:
+            return render.unavailable(f"{KEY_HEADER} is not available: no ledger is configured")
+        key = ledger_key(idempotency_key, scope)
+        return await run_keyed(self._idempotency, key, parsed, work, wait=self._ledger_wait)
+
+    async def _classify(
+        self,
+        parsed: ParsedRequest,
+        request_start_header: str | None,
+        started: float,
+        request_id: str,
+    ) -> tuple[Rendered, bool]:
+        """The answer, and whether a retry may do the work again (see ``Work``)."""
         sent_at = time.time()
-        deadline = request_start(request_start_header, sent_at) + self.settings.timeout
-        if deadline <= sent_at:
-            # It already waited TIMEOUT in front of us: nobody is waiting for the answer.
-            return render.timed_out(self.settings.timeout)
+        if parsed.callback_url:
+            # A webhook job has its own lifetime, not TIMEOUT: its client is not waiting.
+            deadline = sent_at + self.settings.webhook_job_ttl
+        else:
+            deadline = request_start(request_start_header, sent_at) + self.settings.timeout
+            if deadline <= sent_at:
+                # It already waited TIMEOUT in front of us: nobody is waiting for the answer.
+                return render.timed_out(self.settings.timeout), True
         reply_to = None if parsed.callback_url else self._producer.reply_queue
+        pixels = parsed.pixels or [0] * len(parsed.images)
         tasks = [
             ClassifyTask(
                 id=f"{request_id}-{i}",
@@ -78,29 +138,29 @@ class IngressService:
                 deadline=deadline,
                 reply_to=reply_to,
                 callback_url=parsed.callback_url,
+                pixels=count,
             )
-            for i, image in enumerate(parsed.images)
+            for i, (image, count) in enumerate(zip(parsed.images, pixels, strict=True))
         ]
         if parsed.callback_url:
             try:
-                await self._publish_all(tasks)
+                await self._publish(tasks)
             except ServiceUnavailable as exc:
-                return render.unavailable(str(exc))
-            return Rendered(
-                202, render.accepted(request_id, parsed.callback_url, [t.id for t in tasks])
-            )
+                return unavailable(exc), True
+            body = render.accepted(request_id, parsed.callback_url, [t.id for t in tasks])
+            return Rendered(202, body), False
         return await self._wait_for_results(request_id, parsed.multi, tasks, started)
 
     async def _wait_for_results(
         self, request_id: str, multi: bool, tasks: list[ClassifyTask], started: float
-    ) -> Rendered:
+    ) -> tuple[Rendered, bool]:
         # Registered before publishing, so a result can never arrive unexpected.
         futures = [self._pending.expect(t.id) for t in tasks]
         try:
             try:
-                await self._publish_all(tasks)
+                await self._publish(tasks)
             except ServiceUnavailable as exc:
-                return render.unavailable(str(exc))
+                return unavailable(exc), True
             remaining = tasks[0].deadline - time.time()
             await asyncio.wait(futures, timeout=max(remaining, 0))
         finally:
@@ -109,7 +169,7 @@ class IngressService:
             for task in tasks:
                 self._pending.forget(task.id)
         results = [f.result() if f.done() and not f.cancelled() else None for f in futures]
-        return render.classified(
+        rendered = render.classified(
             request_id,
             self.settings.model_name,
             results,
@@ -117,9 +177,12 @@ class IngressService:
             timeout=self.settings.timeout,
             total_ms=(time.perf_counter() - started) * 1000,
         )
+        return rendered, False
 
-    async def _publish_all(self, tasks: list[ClassifyTask]) -> None:
-        await asyncio.gather(*(self._producer.publish(encode_task(t)) for t in tasks))
+    async def _publish(self, tasks: list[ClassifyTask]) -> None:
+        # Several images go as one bundle: one confirm queues all of them or none.
+        message = encode_task(tasks[0]) if len(tasks) == 1 else encode_bundle(tasks)
+        await self._producer.publish(message)
 
     async def _check_webhook(self, url: str) -> None:
         """Resolve the webhook host now, so a refused destination is a 422, not a silent

@@ -13,7 +13,7 @@ from ingress.health import ClassifierProbe
 from ingress.pending import PendingResults
 from ingress.service import IngressService, current_service
 from rabbit_serve.errors import ServiceUnavailable
-from rabbit_serve.messages import ClassifyResult, ClassifyTask, ErrorInfo, decode_task
+from rabbit_serve.messages import ClassifyResult, ClassifyTask, ErrorInfo, decode_tasks
 from rabbit_serve.model_spec import load_spec
 from rabbit_serve.settings import DEFAULT_MODEL_PATH, Settings
 from rabbit_serve.transport import Outbound
@@ -80,12 +80,14 @@ class FakeProducer:
         if self.fail is not None:
             raise ServiceUnavailable(self.fail)
         self.published.append(message)
-        task = decode_task(
+        # One task, or the several of a bundle (one message, one confirm).
+        tasks = decode_tasks(
             message.body, dict(message.headers), message.message_id, message.reply_to
         )
-        self.tasks.append(task)
-        if self.answer is not None and (result := self.answer(task)) is not None:
-            asyncio.get_running_loop().call_soon(self.pending.resolve, result)
+        self.tasks.extend(tasks)
+        for task in tasks:
+            if self.answer is not None and (result := self.answer(task)) is not None:
+                asyncio.get_running_loop().call_soon(self.pending.resolve, result)
 
 
 async def ready_classifier() -> dict[str, Any]:
@@ -98,11 +100,17 @@ def make_service(
     answer: Callable[[ClassifyTask], ClassifyResult | None] | None = answer_all,
     fail: str | None = None,
     info: Callable[[], Any] = ready_classifier,
+    idempotency: Any = None,
 ) -> tuple[IngressService, FakeProducer]:
     pending = PendingResults()
     producer = FakeProducer(pending, answer, fail)
     service = IngressService(
-        settings or Settings(), producer, pending, ClassifierProbe(info, timeout=0.2)
+        settings or Settings(),
+        producer,
+        pending,
+        ClassifierProbe(info, timeout=0.2),
+        idempotency,
+        ledger_wait=0.2,
     )
     return service, producer
 

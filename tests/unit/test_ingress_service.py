@@ -140,3 +140,46 @@ async def test_a_webhook_host_that_resolves_to_a_private_address_is_a_422():
     with pytest.raises(ClientError) as info:
         await classify(service, parsed(callback_url="http://localhost:9/x"))
     assert info.value.status == 422 and producer.published == []
+
+
+async def test_several_images_go_out_as_one_bundle_message():
+    service, producer = make_service()
+    request = ParsedRequest([b"\xff\xd8 a", b"\xff\xd8 bb"], 5, None, True, [640, 1200])
+    rendered = await classify(service, request)
+    assert rendered.status == 200
+    (message,) = producer.published  # one message, one confirm: all or nothing
+    request_id = orjson.loads(rendered.body)["id"]
+    assert message.message_id == request_id
+    assert [t.id for t in producer.tasks] == [f"{request_id}-0", f"{request_id}-1"]
+    assert [t.pixels for t in producer.tasks] == [640, 1200]
+
+
+async def test_one_image_stays_one_plain_task_message_with_its_pixels():
+    service, producer = make_service()
+    await classify(service, ParsedRequest([IMAGE], 5, None, False, [50176]))
+    (message,) = producer.published
+    assert "rs-sizes" not in message.headers and message.headers["rs-pixels"] == 50176
+    assert producer.tasks[0].pixels == 50176
+
+
+async def test_a_webhook_job_lives_for_webhook_job_ttl_not_timeout():
+    settings = Settings(webhook_allow_private=True, timeout=10, webhook_job_ttl=7200)
+    service, producer = make_service(settings)
+    await classify(service, parsed(2, multi=True, callback_url="http://127.0.0.1:9/x"))
+    (message,) = producer.published
+    assert message.expiration == pytest.approx(7200, abs=0.01)
+    for task in producer.tasks:
+        assert task.deadline - task.sent_at == pytest.approx(7200, abs=0.01)
+
+
+async def test_a_sync_task_expires_after_timeout():
+    service, producer = make_service(Settings(timeout=3))
+    await classify(service, parsed())
+    assert producer.published[0].expiration == pytest.approx(3, abs=0.05)
+
+
+async def test_a_refused_bundle_queues_nothing_and_its_503_says_so():
+    service, producer = make_service(fail="the request queue is full")
+    rendered = await classify(service, parsed(3, multi=True))
+    assert rendered.status == 503 and producer.published == []
+    assert "may have queued" not in orjson.loads(rendered.body)["detail"]

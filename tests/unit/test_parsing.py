@@ -171,3 +171,14 @@ def test_request_start_in_milliseconds_and_microseconds():
     now = 1_700_000_000.0
     assert request_start("t=1699999998500", now) == pytest.approx(now - 1.5)
     assert request_start("t=1699999998500000", now) == pytest.approx(now - 1.5)
+
+
+def test_each_image_carries_its_pixel_count_from_its_header():
+    from PIL import Image
+
+    from tests.images import encode
+
+    small, wide = encode(Image.new("RGB", (4, 3))), encode(Image.new("RGB", (20, 2)))
+    request = {"images": [base64.b64encode(i).decode() for i in (small, wide)]}
+    assert parse_json(orjson.dumps(request), Settings()).pixels == [12, 40]
+    assert parse_upload([("a", small)], None, None, Settings()).pixels == [12]
