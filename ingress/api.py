@@ -12,8 +12,8 @@ import time
 from fastapi import FastAPI, Request, Response
 from starlette.exceptions import HTTPException
 
-from ingress import openapi
-from ingress.auth import v1_router
+from ingress import idempotency, openapi
+from ingress.auth import presented_key, v1_router
 from ingress.body import read_classify_request
 from ingress.service import Service
 from rabbit_serve import render
@@ -47,14 +47,24 @@ router = v1_router()
 @router.post(
     "/classify",
     response_model=ClassifyResponse | MultiClassifyResponse,
-    responses={202: {"model": AcceptedResponse}, **openapi.ERRORS},
+    responses={202: {"model": AcceptedResponse}, **openapi.ERRORS, **openapi.CLASSIFY_ERRORS},
     openapi_extra=openapi.CLASSIFY_BODY,
     summary="Classify one image, several images, or an uploaded file",
 )
 async def classify(request: Request, service: Service) -> Response:
     started = time.perf_counter()
+    key = request.headers.get(idempotency.KEY_HEADER)
+    if key is not None:
+        # Checked before the body is read: a bad key is a 422 whatever the body.
+        key = idempotency.check_key(key)
     parsed = await read_classify_request(request, service.settings)
-    rendered = await service.classify(parsed, request.headers.get("x-request-start"), started)
+    rendered = await service.classify(
+        parsed,
+        request.headers.get("x-request-start"),
+        started,
+        idempotency_key=key,
+        scope=presented_key(request.headers) or "",
+    )
     return respond(rendered)
 
 

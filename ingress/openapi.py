@@ -14,10 +14,33 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         401: "API_KEYS is set and the request has no valid key",
         413: "Image, request or pixel count over the limit",
         415: "Unsupported content type",
-        422: "Not a decodable image, or invalid fields",
-        503: "Broker unreachable or request queue full; retry after Retry-After",
+        422: "Not a decodable image, invalid fields, or an Idempotency-Key that is malformed "
+        "or was used with a different request",
+        503: "Nothing of the request was queued (broker unreachable, blocked, or the queue "
+        "full); retry after Retry-After. Only a 503 whose detail says the broker may have "
+        "queued it is unsure: retry it with the same Idempotency-Key",
         504: "No answer within TIMEOUT seconds",
     }.items()
+}
+
+# Answers only POST /v1/classify gives (with an Idempotency-Key).
+CLASSIFY_ERRORS: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": ErrorResponse,
+        "description": "A request with this Idempotency-Key is still in progress; retry "
+        "after Retry-After",
+    }
+}
+
+IDEMPOTENCY_KEY: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    "description": "Makes a retry safe: a request with a key already answered (within "
+    "IDEMPOTENCY_WINDOW) gets that answer again, with the same ids and the header "
+    "Idempotent-Replayed: true, and nothing is queued twice. While the first is running, "
+    "409. The same key with another request: 422.",
 }
 
 CLASSIFY_BODY: dict[str, Any] = {
@@ -45,6 +68,7 @@ CLASSIFY_BODY: dict[str, Any] = {
     "parameters": [
         {"name": "top_k", "in": "query", "required": False, "schema": {"type": "integer"}},
         {"name": "callback_url", "in": "query", "required": False, "schema": {"type": "string"}},
+        IDEMPOTENCY_KEY,
     ],
 }
 
