@@ -12,6 +12,7 @@ import logging
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.ledger import LedgerClient
 from ingress.api import create_app
 from ingress.health import ClassifierProbe
 from ingress.pending import PendingResults
@@ -50,7 +51,11 @@ class Ingress:
         await self._producer.start()
         # ingress.service.current_service finds it here for every request.
         self.service = IngressService(
-            settings, self._producer, pending, ClassifierProbe(classifier.info.remote)
+            settings,
+            self._producer,
+            pending,
+            ClassifierProbe(classifier.info.remote),
+            LedgerClient(ledger) if ledger is not None else None,
         )
         logger.info("ingress ready; replies on %s", self._producer.reply_queue)
 

@@ -46,7 +46,8 @@ def client_message(exc: PublishFailed) -> str:
         return "the request queue is full; retry after the Retry-After delay"
     if isinstance(exc, PublishTimedOut):
         return "message broker did not confirm the publish in time"
-    return f"message broker refused the message: {exc}"
+    # The connection dropped mid-publish: the broker may or may not have it.
+    return f"the publish to the message broker did not complete: {exc}"
 
 
 # At most one re-declaration of a deleted request queue per this many seconds.

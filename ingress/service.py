@@ -44,6 +44,10 @@ class TaskPublisher(Protocol):
     @property
     def ready(self) -> bool: ...
 
+    def problem(self) -> str | None:
+        """Why no work can be taken now (not connected, an alarm), or ``None``."""
+        ...
+
     async def publish(self, message: Outbound) -> None:
         """Returns once the broker confirmed; raises :class:`ServiceUnavailable`."""
         ...
@@ -195,10 +199,12 @@ class IngressService:
             raise ClientError(422, str(exc)) from None
 
     async def health(self) -> Rendered:
-        """200 only when the broker connection is open and the classifier answers."""
-        broker = self._producer.ready
+        """200 only when the broker takes publishes and the classifier answers; a broker
+        alarm (publishes blocked) is a 503 that says so."""
+        broker_problem = self._producer.problem()
+        broker = broker_problem is None
         _, classifier_reason = await self._probe.check()
-        reasons = [] if broker else ["message broker is not connected"]
+        reasons = [] if broker_problem is None else [broker_problem]
         if classifier_reason:
             reasons.append(classifier_reason)
         return render.health(broker, classifier_reason is None, "; ".join(reasons))

@@ -70,10 +70,16 @@ class FakeProducer:
         self.answer = answer
         self.fail = fail
         self.ready = True
+        self.blocked = False
         self.reply_queue = "rabbit-serve.replies.test"
         self.malformed_results = 0
         self.published: list[Outbound] = []
         self.tasks: list[ClassifyTask] = []
+
+    def problem(self) -> str | None:
+        if self.blocked:
+            return "message broker is blocking publishes (memory or disk alarm)"
+        return None if self.ready else "message broker is not connected"
 
     async def publish(self, message: Outbound) -> None:
         await asyncio.sleep(0)

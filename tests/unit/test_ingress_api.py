@@ -108,6 +108,17 @@ async def test_healthz_stays_open_and_says_why_it_is_not_ready():
     assert "traceback" not in body["reason"]
 
 
+async def test_healthz_says_when_a_broker_alarm_blocks_publishes():
+    service, producer = make_service()
+    producer.blocked = True
+    async with client_for(service) as client:
+        response = await client.get("/healthz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["broker"] is False and body["classifier"] is True
+    assert body["reason"] == "message broker is blocking publishes (memory or disk alarm)"
+
+
 async def test_healthz_ready_has_exactly_the_documented_fields():
     service, _ = make_service()
     async with client_for(service) as client:

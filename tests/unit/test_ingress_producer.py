@@ -17,7 +17,10 @@ from tests.factories import make_task
     [
         (PublishRefused("nack"), "the request queue is full; retry after the Retry-After delay"),
         (PublishTimedOut("5s"), "message broker did not confirm the publish in time"),
-        (PublishFailed("channel closed"), "message broker refused the message: channel closed"),
+        (
+            PublishFailed("channel closed"),
+            "the publish to the message broker did not complete: channel closed",
+        ),
     ],
 )
 def test_each_publish_failure_has_a_message_for_the_client(exc, text):
