@@ -26,6 +26,8 @@ RECOVERY_KEYS = (
 
 def recovery(row: dict[str, Any]) -> str:
     for key in RECOVERY_KEYS:
+        if key in row and row[key] is None:
+            return "never"  # infinity, which JSON cannot hold
         value = row.get(key)
         if isinstance(value, (int, float)):
             return "never" if value == float("inf") else f"{value:g} s ({key})"
