@@ -23,8 +23,9 @@ from tests.faults.scenario import Fault, under_load
 
 TIMEOUT = 15.0
 CLIENTS = 8
-# What Serve's proxy answers for a request whose replica died under it.
-IN_FLIGHT_ERRORS = (500, 502, 503)
+# What a request whose replica died under it may get: an explicit "try again". Serve's
+# proxy answers 500 today (docs/reliability.md, open issue 5), which is not allowed.
+IN_FLIGHT_ERRORS = (502, 503)
 
 
 @pytest.fixture
@@ -65,9 +66,8 @@ async def test_sigkill_of_an_ingress_replica(app: App, hooks: HookServer) -> Non
         app,
         fault,
         label="ingress SIGKILL, 2 replicas",
-        # Only a request the dead replica held may get an error; which one Serve's proxy
-        # gives (it is Serve's, not ours) is reported. A 500 still fails the run.
-        allowed_if={s: in_flight_at_kill for s in IN_FLIGHT_ERRORS if s != 500},
+        # Only a request the dead replica held may get an error, and never a 500.
+        allowed_if=dict.fromkeys(IN_FLIGHT_ERRORS, in_flight_at_kill),
         clients=CLIENTS,
         hooks=hooks,
         webhook_clients=2,
