@@ -15,6 +15,9 @@ from dataclasses import dataclass
 # A broker outage shorter than this is ridden out by the robust connection; a longer
 # one fails the health check (with the reason), and Serve restarts the replica.
 BROKER_LOST_GRACE_S = 30.0
+# The broker cancels a consumer whose queue was deleted; aio-pika consumes again once
+# the queue is back (the ingress declares it again at once). Past this, it has not.
+CONSUMER_LOST_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class Progress:
     held: int = 0
     last_progress: float = 0.0
     blocked: bool = False
+    consuming: bool = True  # the request queue's consumer is live on its channel
 
 
 class Liveness:
@@ -39,6 +43,7 @@ class Liveness:
         # Not connected yet counts as out of reach since the start.
         self._disconnected_since: float | None = started
         self._busy_since: float | None = None
+        self._cancelled_since: float | None = None
 
     def problem(
         self,
@@ -55,7 +60,7 @@ class Liveness:
         stalled = self._stalled(progress, now) if connected else None
         if connected:
             self._disconnected_since = None
-            return stalled
+            return self._cancelled(progress, now) or stalled
         if self._disconnected_since is None:
             self._disconnected_since = now
             return None
@@ -64,6 +69,20 @@ class Liveness:
             return None
         detail = f" ({broker_error})" if broker_error else ""
         return f"no broker connection for {out_for:.0f}s{detail}"
+
+    def _cancelled(self, progress: Progress | None, now: float) -> str | None:
+        if progress is None or progress.consuming:
+            self._cancelled_since = None
+            return None
+        if self._cancelled_since is None:
+            self._cancelled_since = now
+        gone_for = now - self._cancelled_since
+        if gone_for <= CONSUMER_LOST_GRACE_S:
+            return None
+        return (
+            f"not consuming the request queue for {gone_for:.0f}s: the broker cancelled the "
+            "consumer (was the queue deleted?) and it was not restored"
+        )
 
     def _stalled(self, progress: Progress | None, now: float) -> str | None:
         if progress is None or self._stall is None:

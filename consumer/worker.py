@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 import httpx
+from aio_pika.abc import AbstractQueue
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -75,6 +76,7 @@ class BatchingConsumer:
         self._publishing: broker.Connection | None = None
         self._driver: BatchDriver[Delivery] | None = None
         self._processor: BatchProcessor | None = None
+        self._requests: AbstractQueue | None = None
         self._broker_error: str | None = None
         self._liveness = Liveness(time.monotonic(), stall=settings.stall_timeout)
         self._runner = asyncio.create_task(self._run())
@@ -112,6 +114,7 @@ class BatchingConsumer:
             held=driver.waiting + driver.in_flight,
             last_progress=processor.last_progress,
             blocked=broker.is_blocked(self._publishing),
+            consuming=broker.is_consuming(self._requests),
         )
 
     async def __del__(self) -> None:
@@ -149,6 +152,7 @@ class BatchingConsumer:
         self._broker_error = None
         channel = await broker.open_channel(connection, prefetch=settings.prefetch_count)
         requests, dead_letters = await broker.declare_request_queue(channel, settings)
+        self._requests = requests
 
         publisher = broker.AioPikaPublisher(
             await broker.open_channel(publishing, confirms=True),

@@ -123,6 +123,26 @@ def is_blocked(connection: AbstractConnection | None) -> bool:
     return event is not None and not event.is_set()
 
 
+def is_consuming(queue: AbstractQueue | None) -> bool:
+    """Whether every consumer started on ``queue`` is live on its channel.
+
+    The broker cancels a consumer whose queue was deleted; aio-pika's robust queue then
+    tries to consume again once the queue is back, and this says whether that worked
+    (a replica whose consumer is gone holds no work and would idle forever). Reads
+    aio-pika's own bookkeeping, which it exposes no accessor for: the tags this queue
+    consumed with, against those the channel's current underlying channel serves.
+    """
+    if queue is None:
+        return True
+    tags = getattr(queue, "_consumers", None)
+    if not tags:
+        return True
+    underlay = getattr(queue.channel, "_channel", None)
+    raw = getattr(underlay, "channel", None)
+    live = getattr(raw, "consumers", None)
+    return isinstance(live, dict) and all(tag in live for tag in tags)
+
+
 class AioPikaPublisher:
     """Publishes to the default exchange of a confirm-mode channel opened with
     ``on_return_raises=True``.

@@ -23,6 +23,7 @@ from rabbit_serve._amqp import (
     AioPikaPublisher,
     consume,
     is_blocked,
+    is_consuming,
     to_aio_pika,
     unblocked_event,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "declare_webhook_queue",
     "is_blocked",
     "is_connected",
+    "is_consuming",
     "open_channel",
     "reply_queue_name",
     "request_queue_arguments",

@@ -119,3 +119,19 @@ def test_below_the_floor_is_refused_with_what_to_do():
 def test_garbage_is_not_a_version():
     with pytest.raises(ValueError):
         parse_version("rabbit")
+
+
+def test_a_consumer_the_broker_cancelled_is_seen():
+    from rabbit_serve._amqp import is_consuming
+
+    live: dict[str, object] = {"ctag-1": object()}
+    raw = SimpleNamespace(consumers=live)
+    queue = SimpleNamespace(_consumers={"ctag-1": {}}, channel=SimpleNamespace(_channel=raw))
+    # aio-pika keeps the aiormq channel in an UnderlayChannel's .channel.
+    queue.channel._channel = SimpleNamespace(channel=raw)
+    assert is_consuming(queue)  # type: ignore[arg-type]
+    live.clear()  # Basic.Cancel: aiormq forgets the tag
+    assert not is_consuming(queue)  # type: ignore[arg-type]
+    queue.channel._channel = None  # the channel is being re-opened
+    assert not is_consuming(queue)  # type: ignore[arg-type]
+    assert is_consuming(None) and is_consuming(SimpleNamespace(_consumers={}))  # type: ignore[arg-type]

@@ -69,3 +69,19 @@ def test_idle_or_blocked_consumers_never_stall():
     assert live.problem(None, connected=True, now=605.0, progress=Progress(held=3)) is None
     problem = live.problem(None, connected=True, now=616.0, progress=Progress(held=3))
     assert problem is not None and "no batch finished" in problem
+
+
+def test_a_consumer_cancelled_and_not_restored_is_reported_after_a_grace():
+    from consumer.liveness import CONSUMER_LOST_GRACE_S, Progress
+
+    live = Liveness(0.0, stall=60.0)
+    gone = Progress(held=0, consuming=False)
+    assert live.problem(None, connected=True, now=10.0, progress=gone) is None
+    assert (
+        live.problem(None, connected=True, now=10.0 + CONSUMER_LOST_GRACE_S, progress=gone) is None
+    )
+    problem = live.problem(None, connected=True, now=11.0 + CONSUMER_LOST_GRACE_S, progress=gone)
+    assert problem is not None and "not consuming the request queue" in problem
+    # Restored (the queue is back and aio-pika consumed again): healthy, clock reset.
+    assert live.problem(None, connected=True, now=30.0, progress=Progress()) is None
+    assert live.problem(None, connected=True, now=31.0, progress=gone) is None
