@@ -53,6 +53,11 @@ def client_message(exc: PublishFailed) -> str:
 # At most one re-declaration of a deleted request queue per this many seconds.
 REDECLARE_EVERY_S = 1.0
 
+UNCONFIRMED = (
+    "the message broker has stopped confirming publishes (a partition or an overload); "
+    "retry after the Retry-After delay"
+)
+
 
 class Producer:
     def __init__(
@@ -71,6 +76,11 @@ class Producer:
         self._redeclaring: asyncio.Task[None] | None = None
         self._last_redeclare = float("-inf")
         self._owner = owner
+        # A confirm timed out and none came since: the broker (or the path to it) is
+        # silent. Until one publish is confirmed again, only one at a time is tried;
+        # the rest get their 503 at once instead of each waiting PUBLISH_TIMEOUT.
+        self._unconfirmed_since: float | None = None
+        self._probing = False
         self.malformed_results = 0
 
     @property
@@ -93,6 +103,8 @@ class Producer:
             return "message broker is not connected"
         if self.blocked:
             return "message broker is blocking publishes (memory or disk alarm)"
+        if self._unconfirmed_since is not None:
+            return "message broker has stopped confirming publishes"
         return None
 
     async def start(self) -> None:
@@ -154,12 +166,29 @@ class Producer:
         publisher: Publisher | None = self._publisher
         if publisher is None or not self.ready:
             raise ServiceUnavailable("message broker is not reachable")
+        probe = self._unconfirmed_since is not None
+        if probe:
+            if self._probing:
+                raise ServiceUnavailable(UNCONFIRMED)
+            self._probing = True
         try:
             await publisher.publish(message, self._settings.request_queue)
         except PublishFailed as exc:
             if isinstance(exc, PublishUnroutable):
                 self._redeclare()
+            if isinstance(exc, PublishRefused):
+                self._unconfirmed_since = None  # it answered, if only to say no
+            elif isinstance(exc, PublishTimedOut) and self._unconfirmed_since is None:
+                self._unconfirmed_since = asyncio.get_running_loop().time()
+                logger.warning("no publisher confirm within %ss", self._settings.publish_timeout)
             raise ServiceUnavailable(client_message(exc)) from exc
+        else:
+            if self._unconfirmed_since is not None:
+                logger.info("publisher confirms are back")
+                self._unconfirmed_since = None
+        finally:
+            if probe:
+                self._probing = False
 
     def _redeclare(self) -> None:
         """The request queue is gone (deleted by hand): declare it again, in the
