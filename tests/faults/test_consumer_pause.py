@@ -56,8 +56,11 @@ async def test_consumers_paused_past_timeout_with_webhook_jobs(app: App, hooks: 
         window.append(load.now())
         return Fault(window[0], window[1], {"paused_s": PAUSE_S, "consumers": len(consumers)})
 
-    def caught(r: Record) -> bool:  # waited for its answer while the consumers were stopped
-        return r.sent < window[1] and r.done > window[0]
+    def caught(r: Record) -> bool:
+        # Waited for its answer while the consumers were stopped, or was queued behind
+        # the backlog of webhook jobs the pause built up (one FIFO queue serves both:
+        # docs/reliability.md, open issue 11), sent before that backlog could drain.
+        return r.done > window[0] and r.sent < window[1] + TIMEOUT
 
     result = await under_load(
         app,
