@@ -104,9 +104,9 @@ def growth(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
 @pytest.mark.xfail(
     strict=False,
     reason=(
-        "open issue 13 in docs/reliability.md: since issue 9's changes the pipeline moves "
-        "about half the requests a second it did (15-22 vs 54-58 classifications/s under this "
-        "overload), so answers pass TIMEOUT + 5 s and 503s slow down; not yet bisected"
+        "open issue 13 in docs/reliability.md: on a machine at half its usual speed "
+        "(15-22 vs 54-58 classifications/s under this overload) answers pass TIMEOUT + 5 s "
+        "and 503s slow down; make bench found no code regression"
     ),
 )
 async def test_overload_is_refused_fast_and_bounded(app: App) -> None:

@@ -110,8 +110,8 @@ async def watch_queue(app: App, out: list[tuple[int, int]]) -> None:
     strict=False,
     reason=(
         "open issues 10 and 13 in docs/reliability.md: sync latency beside bad webhooks over "
-        "its bound (p50 1.05 s against 0.36 s), on a pipeline that is slower since issue 9's "
-        "changes; not yet bisected"
+        "its bound (p50 1.05 s against 0.36 s) on a machine at half its usual speed; the "
+        "bound is relative, so this needs a second look"
     ),
 )
 async def test_bad_webhooks_are_bounded_and_block_nothing(app: App) -> None:
