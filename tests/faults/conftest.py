@@ -31,6 +31,7 @@ from rabbit_serve.local_cluster import (
     wait_healthy,
 )
 from tests.faults.chaos import drain, ensure_broker_running
+from tests.faults.hooks import HookServer, hook_server
 from tests.faults.reconcile import record
 
 
@@ -69,6 +70,14 @@ def _depth(app: App, queue: str) -> int | None:
         return queue_depth(app.settings, queue)
     except Exception:
         return None
+
+
+@pytest.fixture
+def hooks() -> Iterator[HookServer]:
+    """A webhook receiver on 127.0.0.1 that answers at once (a scenario that needs a slow
+    one overrides this fixture)."""
+    with hook_server("", slow_s=0.0) as server:
+        yield server
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
 
 from rabbit_serve.local_cluster import App
-from tests.faults.hooks import HookServer, hook_server
+from tests.faults.hooks import HookServer
 from tests.faults.inject import alarms, disk_alarm, memory_alarm
 from tests.faults.load import Load, Record, percentile
 from tests.faults.scenario import Fault, under_load
@@ -27,12 +27,6 @@ ALARM_S = 5.0
 CLIENTS = 8
 FAST_503_S = 1.0
 ALARMS = {"memory": memory_alarm, "disk": disk_alarm}
-
-
-@pytest.fixture
-def hooks() -> Iterator[HookServer]:
-    with hook_server("", slow_s=0.0) as server:
-        yield server
 
 
 @pytest.fixture(params=sorted(ALARMS))

@@ -10,13 +10,13 @@ pause get their 504 at TIMEOUT; nothing else may fail.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from rabbit_serve.local_cluster import App
 from tests.faults.chaos import replicas
-from tests.faults.hooks import HookServer, hook_server
+from tests.faults.hooks import HookServer
 from tests.faults.inject import stopped
 from tests.faults.load import Load, Record
 from tests.faults.scenario import Fault, under_load
@@ -24,12 +24,6 @@ from tests.faults.scenario import Fault, under_load
 TIMEOUT = 8.0
 PAUSE_S = TIMEOUT + 5.0
 CLIENTS = 4
-
-
-@pytest.fixture
-def hooks() -> Iterator[HookServer]:
-    with hook_server("", slow_s=0.0) as server:
-        yield server
 
 
 @pytest.fixture

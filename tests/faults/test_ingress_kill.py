@@ -11,13 +11,13 @@ other request, before and after, gets its 200, and every webhook task accepted w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from rabbit_serve.local_cluster import App
 from tests.faults.chaos import replicas, sigkill, wait_replicas
-from tests.faults.hooks import HookServer, hook_server
+from tests.faults.hooks import HookServer
 from tests.faults.load import Load, Record
 from tests.faults.scenario import Fault, under_load
 
@@ -27,12 +27,6 @@ CLIENTS = 8
 # (ray/serve/_private/http_util.py, Ray 2.60: RayActorError -> 500; docs/reliability.md,
 # open issue 5): allowed for those requests only, never for one sent after the kill.
 IN_FLIGHT_ERRORS = (500, 502, 503)
-
-
-@pytest.fixture
-def hooks() -> Iterator[HookServer]:
-    with hook_server("", slow_s=0.0) as server:
-        yield server
 
 
 @pytest.fixture

@@ -15,13 +15,13 @@ Skipped where iptables cannot be used (not root, not installed).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from rabbit_serve.local_cluster import App
 from tests.faults.chaos import replicas
-from tests.faults.hooks import HookServer, hook_server
+from tests.faults.hooks import HookServer
 from tests.faults.inject import Partition, iptables_usable, leftover_rules
 from tests.faults.load import Load, Record
 from tests.faults.scenario import Fault, under_load
@@ -36,12 +36,6 @@ RECONNECT_S = 3.0
 
 why_not = iptables_usable()
 pytestmark = pytest.mark.skipif(why_not is not None, reason=f"no partition: {why_not}")
-
-
-@pytest.fixture
-def hooks() -> Iterator[HookServer]:
-    with hook_server("", slow_s=0.0) as server:
-        yield server
 
 
 @pytest.fixture(
