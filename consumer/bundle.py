@@ -75,6 +75,10 @@ class Part:
     def settled(self) -> bool:
         return self._settled
 
+    @property
+    def stale(self) -> bool:
+        return self._bundle.inbound.stale
+
     async def _settle(self, how: str) -> None:
         self._settled = True
         await self._bundle.settle_part(self._index, how)

@@ -126,6 +126,10 @@ class BatchProcessor:
         self.last_progress = time.monotonic()
 
     async def __call__(self, batch: list[Delivery], alone: bool) -> None:
+        # Classifying what the broker has already taken back would be wasted work.
+        batch = self._hand_back.live(batch)
+        if not batch:
+            return
         search = _Search(alone, time.time())
         try:
             error = await self._try(batch, search)

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, TypeVar
 
 from consumer.dedup import RecentIds
 from consumer.outbox import outbox_entry
@@ -34,6 +34,14 @@ logger = logging.getLogger("rabbit_serve.consumer")
 
 # Times a result whose confirm was held up by a broker alarm is published again.
 BLOCKED_REPUBLISHES = 3
+
+
+class _Settles(Protocol):
+    @property
+    def inbound(self) -> Inbound: ...
+
+
+_HasInbound = TypeVar("_HasInbound", bound=_Settles)
 
 
 class Answer(NamedTuple):
@@ -63,7 +71,7 @@ class HandBack:
         counted (``answered`` / ``webhook_queued``), e.g. for a dead letter."""
         replies: dict[str, list[Answer]] = defaultdict(list)
         webhooks: list[Answer] = []
-        for answer in answers:
+        for answer in self.live(answers):
             if answer.task.callback_url:
                 webhooks.append(answer)
             else:
@@ -93,6 +101,15 @@ class HandBack:
                 for answer in webhooks
             ),
         )
+
+    def live(self, items: Sequence[_HasInbound]) -> list[_HasInbound]:
+        """The items whose delivery can still be settled; a stale one (its channel
+        closed, so the broker delivers it again) is counted as rework and dropped."""
+        stale = [item for item in items if item.inbound.stale]
+        if stale:
+            logger.warning("%d message(s) went stale (their channel closed): dropped", len(stale))
+            self._tally.again(Rework.STALE, len(stale))
+        return [item for item in items if not item.inbound.stale]
 
     async def requeue(self, inbounds: Sequence[Inbound], kind: Rework = Rework.REQUEUED) -> None:
         """Back to the queue: a failure that may pass, or one the delivery limit bounds."""
@@ -139,6 +156,9 @@ class HandBack:
         await self._done(answers, outcome)
 
     async def _done(self, answers: list[Answer], outcome: Outcome) -> None:
+        # A channel that closed while the result was published takes its messages back:
+        # their redeliveries are answered and counted, not these copies.
+        answers = self.live(answers)
         self._tally.outcome(outcome, len(answers))
         for answer in answers:
             self._answered.add(answer.task.id)

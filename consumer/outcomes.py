@@ -51,6 +51,9 @@ class Rework(str, Enum):
     REQUEUED = "requeued"  # handed back to its queue: a classifier failure, or a guard
     HANDBACK_FAILED = "handback_failed"  # the result was not confirmed: not acked
     DUPLICATE = "duplicate"  # redelivered after its result was handed back: acked, not redone
+    # Its channel closed before it was settled (the consumer's connection dropped): the
+    # broker delivers it again, and that delivery's outcome is the one counted.
+    STALE = "stale"
 
 
 class Tally:

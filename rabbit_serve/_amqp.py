@@ -75,6 +75,15 @@ class AioPikaInbound:
     def settled(self) -> bool:
         return self._message.processed
 
+    @property
+    def stale(self) -> bool:
+        try:
+            # aio-pika raises on reading the channel of a delivery whose channel closed.
+            self._message.channel  # noqa: B018
+        except aio_pika.exceptions.ChannelInvalidStateError:
+            return True
+        return False
+
     async def ack(self) -> None:
         await self._settle(self._message.ack())
 

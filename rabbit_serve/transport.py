@@ -73,6 +73,12 @@ class Inbound(Protocol):
         """True once ack, requeue or reject was called."""
         ...
 
+    @property
+    def stale(self) -> bool:
+        """True once the channel that delivered it has closed: the broker has taken it
+        back and delivers it again, so this copy can be neither answered nor settled."""
+        ...
+
     async def ack(self) -> None:
         """Done with: the broker forgets it."""
         ...

@@ -26,6 +26,7 @@ class FakeInbound:
         *,
         redelivered: bool = False,
         settle_fails: bool = False,
+        stale: bool = False,
     ) -> None:
         self.body = body
         self.headers: Mapping[str, Any] = dict(headers or {})
@@ -33,6 +34,8 @@ class FakeInbound:
         self.reply_to = reply_to
         self.redelivered = redelivered
         self.settle_fails = settle_fails
+        # Settable: a test closes the delivering channel midway.
+        self.stale = stale
         self.settled_as: str | None = None
 
     @classmethod

@@ -23,6 +23,7 @@ from rabbit_serve.messages import (
     encode_task,
 )
 from rabbit_serve.settings import Settings
+from rabbit_serve.transport import SettleFailed
 from tests.factories import make_task
 from tests.images import sample
 
@@ -110,6 +111,36 @@ async def test_queue_is_durable_quorum_with_limits():
             # ... and the queue keeps the limits it was made with.
             held = await asyncio.to_thread(broker_queues, settings)
             assert held[settings.request_queue]["arguments"]["x-max-length"] == 321
+        finally:
+            await cleanup(channel, settings)
+
+
+async def test_a_delivery_goes_stale_when_its_channel_closes_and_comes_back():
+    # What a consumer sees after a pause past the heartbeat: the copy it holds can no
+    # longer be settled, and the broker delivers the message again, flagged.
+    settings = isolated_settings()
+    connection, channel = await open_channel(settings)
+    async with connection:
+        queue, _ = await broker.declare_request_queue(channel, settings)
+        try:
+            task = coffee_task("nobody")
+            await channel.default_exchange.publish(
+                broker.to_aio_pika(encode_task(task)), routing_key=settings.request_queue
+            )
+            held_connection, held_channel = await open_channel(settings)
+            async with held_connection:
+                held_queue = await held_channel.get_queue(settings.request_queue)
+                message = await held_queue.get(timeout=5)
+                inbound = broker.AioPikaInbound(message)
+                assert not inbound.stale
+                await held_channel.close()
+                assert inbound.stale
+                with pytest.raises(SettleFailed):
+                    await inbound.ack()
+            again = await queue.get(timeout=5)
+            assert again.message_id == task.id and again.redelivered
+            assert not broker.AioPikaInbound(again).stale
+            await again.ack()
         finally:
             await cleanup(channel, settings)
 

@@ -69,6 +69,44 @@ async def test_an_unconfirmed_publish_acks_nothing_and_the_batch_goes_back():
     assert not any(d.task.id in rig.answered for d in batch)
 
 
+async def test_a_stale_delivery_is_neither_classified_nor_answered_nor_counted():
+    # Its channel closed (the consumer's connection dropped, SIGSTOP past the heartbeat):
+    # the broker redelivers it, and the redelivery is the one answered and counted.
+    rig = Rig()
+    batch = rig.batch("r.a", "r.a")
+    batch[1].inbound.stale = True  # type: ignore[misc]
+    await rig.process(batch, alone=False)
+    assert [len(images) for images, *_ in rig.classifier.calls] == [1]
+    assert [r.index for r in decode_reply(rig.publisher.to("r.a")[0].body)] == [0]
+    assert settled(batch) == ["ack", None]
+    assert rig.tally.outcomes == {Outcome.ANSWERED: 1}
+    assert rig.tally.rework == {Rework.STALE: 1}
+    assert batch[1].task.id not in rig.answered  # its redelivery is not a duplicate
+
+
+async def test_a_delivery_gone_stale_during_the_publish_is_not_counted_or_remembered():
+    rig = Rig(mode="hang")
+    batch = rig.batch("r.a", "r.a")
+    running = asyncio.create_task(rig.process(batch, alone=False))
+    await asyncio.sleep(0.01)
+    batch[0].inbound.stale = True  # type: ignore[misc]
+    rig.publisher.release()
+    await running
+    assert settled(batch) == [None, "ack"]
+    assert rig.tally.outcomes == {Outcome.ANSWERED: 1}
+    assert rig.tally.rework == {Rework.STALE: 1}
+    assert [d.task.id in rig.answered for d in batch] == [False, True]
+
+
+async def test_a_batch_all_stale_calls_nothing():
+    rig = Rig()
+    batch = rig.batch("r.a")
+    batch[0].inbound.stale = True  # type: ignore[misc]
+    await rig.process(batch, alone=False)
+    assert not rig.classifier.calls and not rig.publisher.published
+    assert rig.tally.rework == {Rework.STALE: 1}
+
+
 async def test_one_reply_per_ingress_replica_per_batch():
     rig = Rig()
     batch = rig.batch("r.a", "r.b", "r.a", "r.a", "r.b")
