@@ -68,7 +68,7 @@ class Record:
     top_class: int | None = None
     response_id: str | None = None
     task_ids: tuple[str, ...] = ()  # for 202s (webhook requests)
-    server_s: float | None = None  # the ingress's own timings_ms.total, for 200s
+    server_s: float | None = None  # the ingress's own time on it (Server-Timing)
     retry_after: str | None = None
     detail: str | None = None
     error: str | None = None  # the client-side exception when there was no answer
@@ -213,6 +213,7 @@ class Load:
         record.elapsed = time.monotonic() - started
         record.status = response.status_code
         record.retry_after = response.headers.get("retry-after")
+        record.server_s = server_timing(response.headers.get("server-timing"))
         try:
             body = response.json()
         except ValueError:
@@ -225,14 +226,27 @@ class Load:
             predictions = body.get("predictions") or []
             if predictions:
                 record.top_class = predictions[0].get("class_id")
-            total_ms = (body.get("timings_ms") or {}).get("total")
-            if isinstance(total_ms, (int, float)):
-                record.server_s = total_ms / 1000
         elif response.status_code == 202:
             record.response_id = body.get("id")
             record.task_ids = tuple(body.get("task_ids") or ())
         else:
             record.detail = str(body.get("detail"))[:200]
+
+
+def server_timing(header: str | None, metric: str = "ingress") -> float | None:
+    """Seconds of ``metric`` in a ``Server-Timing`` header (``name;dur=ms, ...``)."""
+    for entry in (header or "").split(","):
+        name, *params = (part.strip() for part in entry.split(";"))
+        if name != metric:
+            continue
+        for param in params:
+            key, _, value = param.partition("=")
+            if key == "dur":
+                try:
+                    return float(value) / 1000
+                except ValueError:
+                    return None
+    return None
 
 
 def in_flight_at(records: Iterable[Record], t: float) -> list[Record]:

@@ -193,3 +193,16 @@ async def test_client_errors_and_unknown_paths_are_json_details():
     assert bad.status_code == 400 and "not valid JSON" in bad.json()["detail"]
     assert missing.status_code == 404 and missing.json() == {"detail": "Not Found"}
     assert wrong_method.status_code == 405 and orjson.loads(wrong_method.content)["detail"]
+
+
+@pytest.mark.parametrize("fail", [None, "the message broker is blocking publishes"])
+async def test_every_classify_answer_says_the_replicas_own_time(fail):
+    # Server-Timing: what the replica spent, so a slow answer can be told apart from a
+    # wait in front of it (Serve's proxy, the network).
+    service, _ = make_service(fail=fail)
+    async with client_for(service) as client:
+        response = await client.post("/v1/classify", json={"image": B64})
+    assert response.status_code == (200 if fail is None else 503)
+    name, duration = response.headers["server-timing"].split(";")
+    assert name == "ingress" and duration.startswith("dur=")
+    assert 0 <= float(duration.removeprefix("dur=")) < 10_000
