@@ -70,6 +70,18 @@ class Settings(BaseSettings):
         ge=1,
         description="Bytes of images the request queue holds; when full, requests get 503.",
     )
+    ingress_amqp_url: str = Field(
+        "",
+        description="RabbitMQ URL of the ingress replicas (a user that may only publish "
+        "requests and read its own reply queue); empty: AMQP_URL.",
+        repr=False,
+    )
+    consumer_amqp_url: str = Field(
+        "",
+        description="RabbitMQ URL of the consumers (a user limited to the request, "
+        "dead-letter and webhook queues); empty: AMQP_URL.",
+        repr=False,
+    )
 
     # Batching.
     max_batch_size: int = Field(
@@ -181,6 +193,39 @@ class Settings(BaseSettings):
         "or 'X-API-Key'.",
         repr=False,
     )
+    api_keys_file: str = Field(
+        "",
+        description="A file of API keys, one per line, re-read when it changes: keys are "
+        "rotated without restarting anything. Used with API_KEYS (either may be empty).",
+    )
+    allow_anonymous: bool = Field(
+        False,
+        description="Serve /v1 without API keys although the HTTP proxy listens on a "
+        "non-loopback address (off: such a deploy refuses to start).",
+    )
+    key_rate_limit: float = Field(
+        50.0,
+        ge=0,
+        description="Images per second one API key may submit to one ingress replica "
+        "(token bucket, burst KEY_RATE_BURST); beyond it 429 with Retry-After; 0: no limit.",
+    )
+    key_rate_burst: int = Field(
+        100,
+        ge=1,
+        description="Images one API key may submit at once before KEY_RATE_LIMIT applies.",
+    )
+    key_max_concurrent: int = Field(
+        64,
+        ge=0,
+        description="Requests one API key may have open at one ingress replica; beyond it "
+        "429 with Retry-After; 0: no limit.",
+    )
+    max_inflight_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="Request body bytes one ingress replica holds at once (being read, "
+        "published or waiting for results); beyond it new requests get 503 at once.",
+    )
 
     # Webhooks.
     webhook_secret: str = Field(
@@ -195,6 +240,15 @@ class Settings(BaseSettings):
     )
     webhook_allow_private: bool = Field(
         False, description="Allow webhooks to loopback, private and link-local addresses."
+    )
+    webhook_allowed_ports: Annotated[tuple[int, ...], NoDecode] = Field(
+        (80, 443),
+        description="Comma-separated ports webhooks may target; '*': any port.",
+    )
+    webhook_trust_env: bool = Field(
+        False,
+        description="Let the webhook client honour HTTP(S)_PROXY and NO_PROXY from the "
+        "environment (off: it connects to the checked address directly).",
     )
     webhook_queue: str = Field(
         "rabbit-serve.webhooks",
@@ -241,6 +295,30 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("webhook_allowed_ports", mode="before")
+    @classmethod
+    def _ports(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.strip() == "*":
+                return ()
+            return tuple(int(part) for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("webhook_allowed_ports")
+    @classmethod
+    def _valid_ports(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(not 1 <= port <= 65535 for port in value):
+            raise ValueError("ports are 1..65535")
+        return value
+
+    @property
+    def ingress_broker_url(self) -> str:
+        return self.ingress_amqp_url or self.amqp_url
+
+    @property
+    def consumer_broker_url(self) -> str:
+        return self.consumer_amqp_url or self.amqp_url
 
     @field_validator(
         "reply_queue_prefix",

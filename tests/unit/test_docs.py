@@ -24,6 +24,8 @@ def test_every_setting_is_in_the_readme_table_with_its_default():
             default = field.default
             if default in ((), ""):
                 expected = '""'
+            elif isinstance(default, tuple):
+                expected = ",".join(str(part) for part in default)
             elif isinstance(default, bool):
                 expected = str(default).lower()
             else:
