@@ -111,6 +111,26 @@ async def consume(queue: AbstractQueue, handler: Callable[[Inbound], Awaitable[N
     await queue.consume(on_message)
 
 
+async def consume_again(
+    queue: AbstractQueue, handler: Callable[[Inbound], Awaitable[None]]
+) -> None:
+    """Consume ``queue`` afresh after the broker cancelled its consumers (the queue was
+    deleted): declare it again with its own arguments, and consume with a new tag.
+
+    aio-pika would restore the cancelled tags by itself, but only as its connection's
+    recovery gets round to it (seen to take more than 10 s, or never, while the queue
+    was deleted again and again). The old tags are cancelled first, which also takes
+    them out of aio-pika's restore list, so the queue never gets two consumers here.
+    """
+    for tag in list(getattr(queue, "_consumers", None) or ()):
+        try:
+            await queue.cancel(tag, nowait=True)
+        except _BROKER_ERRORS as exc:
+            logger.debug("cancelling consumer %s: %r", tag, exc)
+    await queue.declare()
+    await consume(queue, handler)
+
+
 _UNBLOCKED_ATTR = "_Connection__connection_unblocked"
 
 
@@ -209,6 +229,16 @@ class AioPikaPublisher:
         except asyncio.TimeoutError:
             raise PublishTimedOut(
                 f"the broker did not confirm within {self._timeout}s (to {routing_key!r})"
+            ) from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this publish itself was cancelled (its caller gave up)
+            # aiormq cancels a pending confirm when its connection closes (a heartbeat
+            # timeout during a partition); passed on, it would end an HTTP request as a
+            # bare 500 from Serve's proxy instead of a 503.
+            raise PublishFailed(
+                f"the connection closed before the broker confirmed (to {routing_key!r})"
             ) from None
         except aiormq.exceptions.PublishError as exc:
             # A Basic.Return: mandatory, and no queue took it.

@@ -40,15 +40,7 @@ pytestmark = pytest.mark.skipif(why_not is not None, reason=f"no partition: {why
 
 @pytest.fixture(
     params=[
-        pytest.param(
-            "Ingress",
-            id="ingress",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="open issue 5 in docs/reliability.md: 1-2 requests per run get a 500 "
-                "during the ingress partition, cause not yet found",
-            ),
-        ),
+        pytest.param("Ingress", id="ingress"),
         pytest.param("BatchingConsumer", id="consumer"),
     ]
 )

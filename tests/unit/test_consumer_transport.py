@@ -30,6 +30,11 @@ class StubExchange:
             raise ChannelInvalidStateError("closed")
         if self.behaviour == "hang":
             await asyncio.Event().wait()
+        if self.behaviour == "confirm-cancelled":
+            # What aiormq does to a pending confirm when the connection closes.
+            confirm = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(confirm.cancel)
+            await confirm
         self.sent.append((message, routing_key, mandatory))
 
 
@@ -66,7 +71,12 @@ async def test_a_confirmed_publish_maps_every_field():
 
 @pytest.mark.parametrize(
     "behaviour,error",
-    [("nack", PublishRefused), ("closed", PublishFailed), ("hang", PublishTimedOut)],
+    [
+        ("nack", PublishRefused),
+        ("closed", PublishFailed),
+        ("hang", PublishTimedOut),
+        ("confirm-cancelled", PublishFailed),
+    ],
 )
 async def test_broker_failures_become_publish_failed(behaviour, error):
     publisher = broker.AioPikaPublisher(StubChannel(behaviour), timeout=0.01)  # type: ignore[arg-type]
@@ -118,3 +128,12 @@ async def test_a_settlement_on_a_closed_channel_raises_settle_failed():
     inbound = broker.AioPikaInbound(StubIncoming(fail=True))  # type: ignore[arg-type]
     with pytest.raises(SettleFailed):
         await inbound.ack()
+
+
+async def test_cancelling_the_publish_itself_still_cancels_it():
+    publisher = broker.AioPikaPublisher(StubChannel("hang"), timeout=5.0)  # type: ignore[arg-type]
+    task = asyncio.create_task(publisher.publish(Outbound(b"x", content_type="t"), "q"))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
