@@ -101,14 +101,6 @@ def growth(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
     return {name: round(mb) for name, mb in sorted(grown.items()) if mb >= 10}
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "open issue 13 in docs/reliability.md: on a machine at half its usual speed "
-        "(15-22 vs 54-58 classifications/s under this overload) answers pass TIMEOUT + 5 s "
-        "and 503s slow down; make bench found no code regression"
-    ),
-)
 async def test_overload_is_refused_fast_and_bounded(app: App) -> None:
     # Warm up first (full batches: ONNX Runtime sizes its memory arena once for them), so
     # that "before" is the steady state and growth is what overload itself costs.
