@@ -1,11 +1,13 @@
 """The webhook outbox: what goes in (a result rendered as its public webhook body) and
 the sender that takes each entry out, POSTs it, and settles it.
 
-The outbox holds exactly the bytes that are POSTed and signed, so what a receiver
-gets does not depend on which consumer sends it. An entry is acked once a POST was
-answered 2xx; once the receiver refused it or ``WEBHOOK_MAX_ATTEMPTS`` are spent, it
-is rejected, and the broker moves it to ``WEBHOOK_DEAD_LETTER_QUEUE``, where an
-operator lists and replays it (``python -m rabbit_serve.webhook_dlq``).
+The outbox holds exactly the bytes that are POSTed and signed (for the callback URL
+the entry carries, so the signature names its receiver), so what a receiver gets does
+not depend on which consumer sends it; the destination is checked again at each POST.
+An entry is acked once a POST was answered 2xx; once the receiver (or the policy)
+refused it or ``WEBHOOK_MAX_ATTEMPTS`` are spent, it is rejected, and the broker moves
+it to ``WEBHOOK_DEAD_LETTER_QUEUE``, where an operator lists and replays it
+(``python -m rabbit_serve.webhook_dlq``).
 
 With a ledger (:mod:`deployments.ledger`, one memory for every consumer), each attempt
 is recorded before its POST and each 2xx after it, keyed by task id. So an entry

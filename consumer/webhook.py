@@ -2,7 +2,8 @@
 
 :func:`post_once` is one attempt; :func:`deliver` the retry loop with backoff. The
 outbox sender (:mod:`consumer.outbox`) runs its own loop around :func:`post_once`, as
-it records each attempt in the shared ledger first.
+it records each attempt in the shared ledger first. :func:`webhook_client` and
+:meth:`WebhookPolicy.from_settings` are what a consumer builds them from.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from rabbit_serve.settings import Settings
 from rabbit_serve.webhook_security import (
     ID_HEADER,
     SIGNATURE_HEADER,
@@ -31,11 +33,40 @@ BACKOFF_MAX_S = 8.0
 
 @dataclass(frozen=True)
 class WebhookPolicy:
+    """Where results may be POSTed and how; the defaults are the settings' defaults."""
+
     secret: str = ""
     allowed_hosts: tuple[str, ...] = ()
     allow_private: bool = False
+    allowed_ports: tuple[int, ...] = (80, 443)  # empty: any port
     attempts: int = 3
     timeout: float = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WebhookPolicy:
+        return cls(
+            secret=settings.webhook_secret,
+            allowed_hosts=settings.webhook_allowed_hosts,
+            allow_private=settings.webhook_allow_private,
+            allowed_ports=settings.webhook_allowed_ports,
+            attempts=settings.webhook_max_attempts,
+            timeout=settings.webhook_timeout,
+        )
+
+
+def webhook_client(settings: Settings) -> httpx.AsyncClient:
+    """The client webhooks are POSTed with.
+
+    It ignores ``HTTP(S)_PROXY``/``ALL_PROXY``/``NO_PROXY`` unless ``WEBHOOK_TRUST_ENV``:
+    a proxy picked up from the environment would make the connection somewhere other
+    than the address the policy checked (and a proxy inside the network reaches what
+    the policy keeps out). CA settings (``SSL_CERT_FILE``/``SSL_CERT_DIR``) are still
+    honoured: they decide whom to trust, not where to connect.
+    """
+    return httpx.AsyncClient(
+        trust_env=settings.webhook_trust_env,
+        verify=httpx.create_ssl_context(trust_env=True),
+    )
 
 
 def backoff_delay(attempt: int) -> float:
@@ -94,9 +125,12 @@ async def post_once(
     """
     headers = id_headers(task_id)
     try:
-        addresses = await resolve(url, policy.allowed_hosts, policy.allow_private)
+        addresses = await resolve(
+            url, policy.allowed_hosts, policy.allow_private, policy.allowed_ports
+        )
         if policy.secret:
-            headers[SIGNATURE_HEADER] = sign(policy.secret, body)
+            # Signed for this URL as the client wrote it: not replayable to another one.
+            headers[SIGNATURE_HEADER] = sign(policy.secret, body, url)
         request = _pinned_request(client, url, addresses[0], headers, body, policy.timeout)
         response = await client.send(request, follow_redirects=False)
         await response.aclose()

@@ -143,7 +143,12 @@ def validate_callback_url(url: str | None, settings: Settings) -> str | None:
     if len(url) > 2048:
         raise ClientError(422, "callback_url is longer than 2048 characters")
     try:
-        check_url(url, settings.webhook_allowed_hosts, settings.webhook_allow_private)
+        check_url(
+            url,
+            settings.webhook_allowed_hosts,
+            settings.webhook_allow_private,
+            settings.webhook_allowed_ports,
+        )
     except WebhookRefused as exc:
         raise ClientError(422, str(exc)) from None
     return url

@@ -9,8 +9,9 @@ Paths pick the behaviour, so one server serves every mode at once:
           gives up (or the server stops)
 
 Every request is recorded as an :class:`Attempt` with the task id from its JSON body
-and the state of its signature (``X-Rabbit-Serve-Signature: t=<unix>,v1=<hex>``,
-HMAC-SHA256 of ``f"{t}.".encode() + body`` with the shared secret): ``valid``,
+and the state of its signature (``X-Rabbit-Serve-Signature: t=<unix>,v2=<hex>``,
+HMAC-SHA256 of ``f"{t}.".encode() + url + b"." + body`` with the shared secret, ``url``
+the one the request was sent to): ``valid``,
 ``invalid`` or ``absent``. It runs an asyncio server on a thread of its own, so it
 never shares an event loop with the load generator.
 """
@@ -44,19 +45,19 @@ class Attempt:
     error: int | None = None  # the body's error.status when it POSTs an error, not a result
 
 
-def verify_signature(secret: str, header: str | None, body: bytes, now: float) -> str:
+def verify_signature(secret: str, header: str | None, body: bytes, url: str, now: float) -> str:
     if header is None:
         return "absent"
     try:
         fields = dict(part.split("=", 1) for part in header.split(","))
         stamp = fields["t"]
         expected = hmac.new(
-            secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256
+            secret.encode(), f"{stamp}.".encode() + url.encode() + b"." + body, hashlib.sha256
         ).hexdigest()
         fresh = abs(now - int(stamp)) <= SIGNATURE_MAX_SKEW_S
     except (KeyError, ValueError):
         return "invalid"
-    return "valid" if fresh and hmac.compare_digest(expected, fields.get("v1", "")) else "invalid"
+    return "valid" if fresh and hmac.compare_digest(expected, fields.get("v2", "")) else "invalid"
 
 
 class HookServer:
@@ -155,7 +156,7 @@ class HookServer:
                 except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
                     task_id = "?"
                 signature = verify_signature(
-                    self.secret, headers.get(SIGNATURE_HEADER), body, time.time()
+                    self.secret, headers.get(SIGNATURE_HEADER), body, self.base + path, time.time()
                 )
                 with self._lock:
                     self.attempts.append(Attempt(mode, task_id, time.monotonic(), signature, error))

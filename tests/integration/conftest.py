@@ -54,8 +54,9 @@ def main_app(serve_base_url: str) -> Iterator[App]:
         MAX_BATCHES_IN_FLIGHT=2,
         TIMEOUT=30,
         NUM_CONSUMERS=1,
-        # The suite's webhook receivers listen on loopback.
+        # The suite's webhook receivers listen on loopback, on ports of their own.
         WEBHOOK_ALLOW_PRIVATE=True,
+        WEBHOOK_ALLOWED_PORTS="*",
         WEBHOOK_SECRET=WEBHOOK_SECRET,
     )
     yield app

@@ -6,63 +6,26 @@ The machine's broker speaks plain AMQP, so the test puts a TLS-terminating proxy
 
 import asyncio
 import contextlib
-import datetime
 import ssl
 import uuid
 
 import aio_pika
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from ingress.producer import Producer
 from rabbit_serve.errors import ServiceUnavailable
 from rabbit_serve.messages import encode_task
 from rabbit_serve.settings import Settings
 from tests.factories import make_task
+from tests.tls import write_tls_files
 
 pytestmark = pytest.mark.integration
 
 
-def _certificate(subject: str, key, issuer_name, issuer_key, *, ca: bool) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 @pytest.fixture
 def tls_files(tmp_path):
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rabbit-serve test CA")])
-    ca = _certificate("rabbit-serve test CA", ca_key, ca_name, ca_key, ca=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = _certificate("localhost", key, ca_name, ca_key, ca=False)
-    paths = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return paths
+    return write_tls_files(tmp_path, x509.DNSName("localhost"), "rabbit-serve test CA")
 
 
 @contextlib.asynccontextmanager

@@ -4,6 +4,8 @@ never POST what the shared ledger says was delivered."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import httpx
 import pytest
 
@@ -14,11 +16,11 @@ from consumer.webhook import WebhookPolicy
 from rabbit_serve.ledger import H_REPLAYS, WebhookRecord, webhook_key
 from rabbit_serve.messages import H_CALLBACK_URL, ClassifyResult
 from rabbit_serve.render import webhook_body
-from rabbit_serve.webhook_security import ID_HEADER
+from rabbit_serve.webhook_security import ID_HEADER, SIGNATURE_HEADER, verify
 from tests.fakes import FakeInbound, FakeLedger
 
 URL = "http://127.0.0.1:9/hook"
-POLICY = WebhookPolicy(allow_private=True, attempts=3, timeout=1.0)
+POLICY = WebhookPolicy(allow_private=True, allowed_ports=(), attempts=3, timeout=1.0)
 RESULT = ClassifyResult(id="t1", request_id="r1", index=0, predictions=[], batch_size=1)
 
 
@@ -41,15 +43,20 @@ class Receiver:
 
 
 def sender(
-    receiver: Receiver, ledger: FakeLedger | None = None, **kwargs: float
+    receiver: Receiver,
+    ledger: FakeLedger | None = None,
+    policy: WebhookPolicy = POLICY,
+    **kwargs: float,
 ) -> tuple[WebhookSender, Tally]:
     tally = Tally()
     client = httpx.AsyncClient(transport=httpx.MockTransport(receiver))
-    return WebhookSender(client, POLICY, tally, ledger, **kwargs), tally
+    return WebhookSender(client, policy, tally, ledger, **kwargs), tally
 
 
-def entry_inbound(result: ClassifyResult = RESULT, **headers: object) -> FakeInbound:
-    entry = outbox_entry(result, URL, "m")
+def entry_inbound(
+    result: ClassifyResult = RESULT, url: str = URL, **headers: object
+) -> FakeInbound:
+    entry = outbox_entry(result, url, "m")
     return FakeInbound(entry.body, {**entry.headers, **headers}, entry.message_id)
 
 
@@ -192,3 +199,29 @@ async def test_an_entry_without_a_url_is_rejected():
     as_bytes = FakeInbound(b"{}", {H_CALLBACK_URL: URL.encode()}, "t2")
     await send.on_entry(as_bytes)
     assert as_bytes.settled_as == "ack"
+
+
+async def test_each_entry_is_signed_for_the_url_it_carries():
+    receiver = Receiver(200)
+    signing = WebhookPolicy(secret="s3cret", allow_private=True, allowed_ports=())
+    send, _ = sender(receiver, policy=signing)
+    other = "http://127.0.0.1:9/other-tenant"
+    await send.on_entry(entry_inbound(url=URL))
+    await send.on_entry(entry_inbound(replace(RESULT, id="t2"), other))
+    first, second = receiver.seen
+    assert verify("s3cret", first.headers[SIGNATURE_HEADER], first.content, URL)
+    assert verify("s3cret", second.headers[SIGNATURE_HEADER], second.content, other)
+    # Swapped, neither verifies: a body cannot be moved from one receiver to another.
+    assert not verify("s3cret", first.headers[SIGNATURE_HEADER], first.content, other)
+    assert not verify("s3cret", second.headers[SIGNATURE_HEADER], second.content, URL)
+
+
+async def test_an_entry_for_a_port_off_the_list_is_dead_lettered_without_a_post():
+    # The ingress refuses such a URL; an entry that got in anyway (replayed from the
+    # dead-letter queue after WEBHOOK_ALLOWED_PORTS was narrowed) is checked again here.
+    receiver = Receiver(200)
+    send, tally = sender(receiver, policy=WebhookPolicy(allow_private=True, attempts=3))
+    inbound = entry_inbound(url="http://127.0.0.1:6379/hook")
+    await send.on_entry(inbound)
+    assert receiver.seen == []
+    assert inbound.settled_as == "reject" and tally.outcomes == {Outcome.WEBHOOK_FAILED: 1}

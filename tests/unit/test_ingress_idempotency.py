@@ -30,7 +30,9 @@ HOOK = "http://127.0.0.1:9/hook"
 
 def rig(**kwargs):
     ledger = FakeLedger()
-    settings = kwargs.pop("settings", Settings(webhook_allow_private=True))
+    settings = kwargs.pop(
+        "settings", Settings(webhook_allow_private=True, webhook_allowed_ports="*")
+    )
     service, producer = make_service(settings, idempotency=ledger, **kwargs)
     return service, producer, ledger
 

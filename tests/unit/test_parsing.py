@@ -142,7 +142,7 @@ def test_private_webhook_destinations_are_refused_by_default(url, fragment):
 
 
 def test_private_webhooks_when_explicitly_allowed_and_allowlist():
-    allowing = Settings(webhook_allow_private=True)
+    allowing = Settings(webhook_allow_private=True, webhook_allowed_ports="*")
     assert validate_callback_url("http://127.0.0.1:9/x", allowing)
     listed = Settings(webhook_allowed_hosts=("*.example.com",))
     assert validate_callback_url("https://a.example.com/h", listed)
@@ -182,3 +182,13 @@ def test_each_image_carries_its_pixel_count_from_its_header():
     request = {"images": [base64.b64encode(i).decode() for i in (small, wide)]}
     assert parse_json(orjson.dumps(request), Settings()).pixels == [12, 40]
     assert parse_upload([("a", small)], None, None, Settings()).pixels == [12]
+
+
+def test_webhook_ports_off_the_list_are_a_422():
+    # WEBHOOK_ALLOWED_PORTS defaults to 80 and 443.
+    assert validate_callback_url("https://hooks.example/x", SETTINGS)
+    assert validate_callback_url("http://hooks.example:443/x", SETTINGS)
+    status, message = status_of(validate_callback_url, "https://hooks.example:8443/x", SETTINGS)
+    assert status == 422 and "port 8443 is not in WEBHOOK_ALLOWED_PORTS" in message
+    anywhere = Settings(webhook_allowed_ports="*")
+    assert validate_callback_url("https://hooks.example:8443/x", anywhere)
