@@ -3,6 +3,8 @@
 Each route reads the request, hands the work to the replica's
 :class:`~ingress.service.IngressService` and returns what :mod:`rabbit_serve.render`
 wrote. Routes on the ``/v1`` router require an API key (see :mod:`ingress.auth`).
+A classify request also passes the replica's limits (:mod:`ingress.limits`) before its
+body is read: its key's open requests and rate (429), the byte budget (503).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from starlette.exceptions import HTTPException
 from ingress import idempotency, openapi
 from ingress.auth import presented_key, v1_router
 from ingress.body import read_classify_request
+from ingress.limits import Refused
 from ingress.service import Service
 from rabbit_serve import render
 from rabbit_serve.errors import ClientError
@@ -22,6 +25,7 @@ from rabbit_serve.render import Rendered
 from rabbit_serve.schemas import (
     AcceptedResponse,
     ClassifyResponse,
+    ErrorResponse,
     HealthResponse,
     ModelInfo,
     MultiClassifyResponse,
@@ -44,10 +48,24 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 router = v1_router()
 
 
+TOO_MANY = {
+    429: {
+        "model": ErrorResponse,
+        "description": "This API key has KEY_MAX_CONCURRENT requests open at this replica, "
+        "or is over KEY_RATE_LIMIT images/s; retry after Retry-After",
+    }
+}
+
+
 @router.post(
     "/classify",
     response_model=ClassifyResponse | MultiClassifyResponse,
-    responses={202: {"model": AcceptedResponse}, **openapi.ERRORS, **openapi.CLASSIFY_ERRORS},
+    responses={
+        202: {"model": AcceptedResponse},
+        **openapi.ERRORS,
+        **openapi.CLASSIFY_ERRORS,
+        **TOO_MANY,
+    },
     openapi_extra=openapi.CLASSIFY_BODY,
     summary="Classify one image, several images, or an uploaded file",
 )
@@ -57,14 +75,32 @@ async def classify(request: Request, service: Service) -> Response:
     if key is not None:
         # Checked before the body is read: a bad key is a 422 whatever the body.
         key = idempotency.check_key(key)
-    parsed = await read_classify_request(request, service.settings)
-    rendered = await service.classify(
-        parsed,
-        request.headers.get("x-request-start"),
-        started,
-        idempotency_key=key,
-        scope=presented_key(request.headers) or "",
-    )
+    # Set by the key check: None when keys are off (loopback, anonymous: not limited).
+    api_key: str | None = request.state.api_key
+    hold = service.budget.hold()
+    entered = False
+    try:
+        if api_key is not None:
+            service.limits.enter(api_key, time.monotonic())
+            entered = True
+        parsed = await read_classify_request(request, service.settings, hold)
+        if api_key is not None:
+            service.limits.charge(api_key, len(parsed.images), time.monotonic())
+        rendered = await service.classify(
+            parsed,
+            request.headers.get("x-request-start"),
+            started,
+            idempotency_key=key,
+            scope=presented_key(request.headers) or "",
+        )
+    except Refused as exc:
+        headers = {"Retry-After": str(exc.retry_after)}
+        rendered = Rendered(exc.status, render.error(exc.message), headers)
+    finally:
+        # Whatever the outcome, a client gone and the handler cancelled included.
+        hold.release()
+        if entered:
+            service.limits.leave(api_key, time.monotonic())
     return respond(with_server_timing(rendered, started))
 
 

@@ -2,7 +2,10 @@
 
 Every route on :func:`v1_router` depends on :func:`require_api_key`, so an endpoint added
 there is protected without a line of its own; ``/healthz`` lives outside it and stays open
-for load balancers.
+for load balancers. The keys come from the replica's :class:`~ingress.keys.KeyRing`
+(``API_KEYS`` plus ``API_KEYS_FILE``, re-read as it changes). The key a request was let in
+with is left in ``request.state.api_key`` (``None`` when keys are off) for the per-key
+limits.
 """
 
 from __future__ import annotations
@@ -44,10 +47,15 @@ def key_matches(presented: str | None, keys: tuple[str, ...]) -> bool:
 
 async def require_api_key(request: Request, service: Service) -> None:
     """401 with a ``WWW-Authenticate`` challenge unless API keys are off or the request
-    carries one of them."""
-    keys = service.settings.api_keys
-    if keys and not key_matches(presented_key(request.headers), keys):
+    carries one of them. Configured keys that are all gone (an emptied key file) refuse
+    everyone: never anonymous service by accident."""
+    request.state.api_key = None
+    if not service.keys.enabled:
+        return
+    presented = presented_key(request.headers)
+    if not key_matches(presented, await service.keys.current()):
         raise HTTPException(401, UNAUTHORIZED, headers=CHALLENGE)
+    request.state.api_key = presented
 
 
 def v1_router() -> APIRouter:

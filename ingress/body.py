@@ -24,6 +24,10 @@ remains is one ``orjson.loads`` (~13 ms at 16 MiB). So 2 MiB, the first size whe
 worker wins. A raw or multipart image is only header-checked (~25-40 µs whatever its
 size) and stays on the loop; a typical 35-70 KB photo in JSON stays inline, at no
 extra CPU.
+
+With a :class:`~ingress.limits.Hold` the body is also charged to the replica's byte
+budget: its ``Content-Length`` before a byte is read (a 503 then reads none), or, for a
+body that declares none, what has arrived so far, chunk by chunk.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from typing import TypeVar
 from fastapi import Request
 from starlette.types import Message
 
+from ingress.limits import Hold, Refused
 from ingress.parsing import ParsedRequest, parse_json, parse_upload
 from rabbit_serve.errors import ClientError
 from rabbit_serve.settings import Settings
@@ -59,8 +64,9 @@ def _too_large(limit: int) -> ClientError:
     return ClientError(413, f"request body is larger than the limit of {limit} bytes")
 
 
-def limit_body(request: Request, limit: int) -> Request:
-    """The same request, whose body raises a 413 ``ClientError`` once past ``limit`` bytes.
+def limit_body(request: Request, limit: int, hold: Hold | None = None) -> Request:
+    """The same request, whose body raises a 413 ``ClientError`` once past ``limit`` bytes,
+    and a 503 ``Refused`` once what arrived is more than ``hold`` can cover.
 
     A chunked body declares no length: this counts what actually arrives, for JSON and
     multipart alike, so neither memory nor the upload spool grows past the limit.
@@ -74,6 +80,8 @@ def limit_body(request: Request, limit: int) -> Request:
             received += len(message.get("body", b""))
             if received > limit:
                 raise _too_large(limit)
+            if hold is not None:
+                hold.cover(received)
         return message
 
     return Request(request.scope, receive)
@@ -86,14 +94,20 @@ async def off_loop_above(size: int, fn: Callable[..., T], *args: object) -> T:
     return fn(*args)
 
 
-async def read_classify_request(request: Request, settings: Settings) -> ParsedRequest:
-    """The validated images and options of a classify request, or a ``ClientError``."""
+async def read_classify_request(
+    request: Request, settings: Settings, hold: Hold | None = None
+) -> ParsedRequest:
+    """The validated images and options of a classify request, or a ``ClientError``;
+    ``hold``: the request's share of the byte budget (a 503 ``Refused`` if it runs out)."""
     limit = settings.max_request_bytes
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+    if declared and declared.isdigit():
+        if int(declared) > limit:
+            raise _too_large(limit)
+        if hold is not None:
+            hold.cover(int(declared))
     content_type = request.headers.get("content-type", "").lower()
-    request = limit_body(request, limit)
+    request = limit_body(request, limit, hold)
     if content_type.startswith("multipart/form-data"):
         return await _read_multipart(request, settings)
     if content_type.startswith(RAW_IMAGE_TYPES):
@@ -118,7 +132,7 @@ async def read_classify_request(request: Request, settings: Settings) -> ParsedR
 async def _read_multipart(request: Request, settings: Settings) -> ParsedRequest:
     try:
         form = await request.form(max_files=MAX_MULTIPART_FILES, max_fields=16)
-    except ClientError:
+    except (ClientError, Refused):
         raise
     except Exception as exc:
         raise ClientError(400, f"malformed multipart body: {exc}") from None

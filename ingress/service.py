@@ -21,6 +21,8 @@ from ingress.idempotency import (
     ledger_key,
     run_keyed,
 )
+from ingress.keys import KeyRing
+from ingress.limits import ByteBudget, KeyLimits
 from ingress.parsing import ParsedRequest, request_start
 from ingress.pending import PendingResults
 from rabbit_serve import render
@@ -84,6 +86,12 @@ class IngressService:
         self._probe = probe
         self._idempotency = idempotency
         self._ledger_wait = ledger_wait
+        # Who may come in and how much (the routes use them): per replica, like all of this.
+        self.keys = KeyRing(settings.api_keys, settings.api_keys_file)
+        self.limits = KeyLimits(
+            settings.key_rate_limit, settings.key_rate_burst, settings.key_max_concurrent
+        )
+        self.budget = ByteBudget(settings.max_inflight_bytes)
 
     async def classify(
         self,
@@ -193,7 +201,10 @@ class IngressService:
         drop later (the consumer checks again when it delivers)."""
         try:
             await resolve(
-                url, self.settings.webhook_allowed_hosts, self.settings.webhook_allow_private
+                url,
+                self.settings.webhook_allowed_hosts,
+                self.settings.webhook_allow_private,
+                self.settings.webhook_allowed_ports,
             )
         except WebhookRefused as exc:
             raise ClientError(422, str(exc)) from None

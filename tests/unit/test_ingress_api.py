@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 
 import orjson
 import pytest
@@ -11,6 +13,8 @@ from fastapi.routing import APIRoute
 
 from ingress.api import create_app, router
 from ingress.auth import UNAUTHORIZED, require_api_key, v1_router
+from ingress.keys import RELOAD_PERIOD_S
+from ingress.service import current_service
 from rabbit_serve.schemas import (
     ClassifyResponse,
     HealthResponse,
@@ -154,7 +158,9 @@ async def test_model_without_a_classifier_is_a_503_with_the_reason():
 
 
 async def test_classify_single_multi_and_webhook_shapes():
-    service, producer = make_service(Settings(webhook_allow_private=True))
+    service, producer = make_service(
+        Settings(webhook_allow_private=True, webhook_allowed_ports="*")
+    )
     async with client_for(service) as client:
         one = await client.post("/v1/classify", json={"image": B64, "top_k": 1})
         many = await client.post("/v1/classify", json={"images": [B64, B64]})
@@ -206,3 +212,244 @@ async def test_every_classify_answer_says_the_replicas_own_time(fail):
     name, duration = response.headers["server-timing"].split(";")
     assert name == "ingress" and duration.startswith("dur=")
     assert 0 <= float(duration.removeprefix("dur=")) < 10_000
+
+
+# -- key rotation, per-key limits, the byte budget ------------------------------------------
+
+
+async def test_keys_rotate_through_the_key_file_without_a_restart(tmp_path):
+    path = tmp_path / "api-keys"
+    path.write_text("old-key\n")
+    service, _ = make_service(Settings(api_keys_file=str(path)))
+    async with client_for(service) as client:
+
+        async def status(key: str) -> int:
+            response = await client.post(
+                "/v1/classify", json={"image": B64}, headers={"x-api-key": key}
+            )
+            return response.status_code
+
+        assert await status("old-key") == 200
+        assert await status("new-key") == 401
+        # Step 1: add the new key next to the old one (write, then rename: atomic).
+        staged = tmp_path / "staged"
+        staged.write_text("old-key\nnew-key\n")
+        staged.replace(path)
+        changed = time.monotonic()
+        while await status("new-key") != 200:
+            assert time.monotonic() - changed < RELOAD_PERIOD_S + 1
+            await asyncio.sleep(0.05)
+        assert await status("old-key") == 200  # step 2: clients move at their pace
+        # Step 3: remove the old key.
+        staged.write_text("new-key\n")
+        staged.replace(path)
+        changed = time.monotonic()
+        while await status("old-key") != 401:
+            assert time.monotonic() - changed < RELOAD_PERIOD_S + 1
+            await asyncio.sleep(0.05)
+        revoked_after = time.monotonic() - changed
+        assert await status("new-key") == 200
+    assert revoked_after <= RELOAD_PERIOD_S + 1
+
+
+async def test_an_emptied_key_file_refuses_everyone_rather_than_serving_anonymously(tmp_path):
+    path = tmp_path / "api-keys"
+    path.write_text("# no keys yet\n")
+    service, producer = make_service(Settings(api_keys_file=str(path)))
+    async with client_for(service) as client:
+        assert_unauthorized(await client.post("/v1/classify", json={"image": B64}))
+        assert_unauthorized(await client.get("/v1/stats"))
+    assert producer.published == []
+
+
+async def until_published(producer, count: int, timeout: float = 5.0) -> None:
+    """Until ``count`` tasks reached the (fake) broker: requests let through the door."""
+    for _ in range(int(timeout / 0.01)):
+        if len(producer.tasks) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{len(producer.tasks)} tasks published, expected {count}")
+
+
+def assert_too_many(response, retry_after: int = 1) -> None:
+    assert response.status_code == 429, response.text
+    assert response.headers["retry-after"] == str(retry_after)
+    assert set(response.json()) == {"detail"}
+    assert "server-timing" in response.headers
+
+
+async def test_a_key_over_its_rate_gets_429_and_another_key_is_not_affected():
+    settings = Settings(api_keys=("greedy", "modest"), key_rate_limit=0.5, key_rate_burst=3)
+    service, producer = make_service(settings)
+    async with client_for(service) as client:
+        greedy = {"x-api-key": "greedy"}
+        three = await client.post("/v1/classify", json={"images": [B64] * 3}, headers=greedy)
+        assert three.status_code == 200  # a request of N images costs N: the whole burst
+        refused = await client.post("/v1/classify", json={"image": B64}, headers=greedy)
+        assert_too_many(refused, retry_after=2)  # one image at 0.5/s
+        assert "KEY_RATE_LIMIT" in refused.json()["detail"]
+        modest = await client.post(
+            "/v1/classify", json={"images": [B64] * 3}, headers={"x-api-key": "modest"}
+        )
+        assert modest.status_code == 200
+    assert len(producer.tasks) == 6  # nothing of the refused request was published
+
+
+async def test_a_key_with_its_maximum_open_gets_429_at_once_and_another_key_is_not_affected():
+    settings = Settings(api_keys=("busy", "idle"), key_max_concurrent=2, timeout=5)
+    service, producer = make_service(settings, answer=lambda task: None)  # never answered
+    async with client_for(service) as client:
+        busy = {"x-api-key": "busy"}
+        held = [
+            asyncio.create_task(client.post("/v1/classify", json={"image": B64}, headers=busy))
+            for _ in range(2)
+        ]
+        await until_published(producer, 2)
+        third = await client.post("/v1/classify", json={"image": B64}, headers=busy)
+        assert_too_many(third)
+        assert "KEY_MAX_CONCURRENT" in third.json()["detail"]
+        other = asyncio.create_task(
+            client.post("/v1/classify", json={"image": B64}, headers={"x-api-key": "idle"})
+        )
+        await until_published(producer, 3)
+        for task in held:
+            task.cancel()
+        other.cancel()
+        await asyncio.gather(*held, other, return_exceptions=True)
+    assert len(producer.tasks) == 3
+
+
+async def test_anonymous_loopback_traffic_is_not_limited():
+    settings = Settings(key_rate_limit=0.001, key_rate_burst=1, key_max_concurrent=1)
+    service, _ = make_service(settings)
+    async with client_for(service) as client:
+        for _ in range(5):
+            response = await client.post("/v1/classify", json={"images": [B64] * 2})
+            assert response.status_code == 200
+
+
+async def test_requests_past_the_byte_budget_get_503_at_once_and_their_bytes_come_back():
+    budget = 3 * len(COFFEE)
+    settings = Settings(max_inflight_bytes=budget, timeout=5)
+    service, producer = make_service(settings, answer=lambda task: None)
+    raw = {"content-type": "image/jpeg"}
+    async with client_for(service) as client:
+        held = [
+            asyncio.create_task(client.post("/v1/classify", content=COFFEE, headers=raw))
+            for _ in range(3)
+        ]
+        await until_published(producer, 3)
+        assert service.budget.used == budget
+        refused = await client.post("/v1/classify", content=COFFEE, headers=raw)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "MAX_INFLIGHT_BYTES" in refused.json()["detail"]
+        for task in held:
+            task.cancel()  # the client goes away: the handler is cancelled
+        await asyncio.gather(*held, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        assert service.budget.used == 0
+        # Freed: the next request is taken again.
+        held = asyncio.create_task(client.post("/v1/classify", content=COFFEE, headers=raw))
+        await until_published(producer, 4)
+        held.cancel()
+        await asyncio.gather(held, return_exceptions=True)
+    assert len(producer.tasks) == 4
+
+
+@pytest.mark.parametrize(
+    "answer_kind", ["ok", "client-error", "broker-down", "rate-refused", "concurrency-refused"]
+)
+async def test_limits_are_given_back_whatever_the_outcome(answer_kind):
+    settings = Settings(
+        api_keys=("k",),
+        key_rate_limit=1,
+        key_rate_burst=2,
+        key_max_concurrent=1,
+        max_inflight_bytes=10 * 1024 * 1024,
+    )
+    service, _ = make_service(
+        settings, fail="broker down" if answer_kind == "broker-down" else None
+    )
+    headers = {"x-api-key": "k"}
+    payload = {"images": [B64] * 3} if answer_kind == "rate-refused" else {"image": B64}
+    async with client_for(service) as client:
+        if answer_kind == "client-error":
+            payload = {"image": "not base64!"}
+        if answer_kind == "concurrency-refused":
+            service.limits.enter("k", 0.0)  # another request of this key is open
+        response = await client.post("/v1/classify", json=payload, headers=headers)
+    expected = {
+        "ok": 200,
+        "client-error": 400,
+        "broker-down": 503,
+        "rate-refused": 200,  # 3 images > burst 2: a full bucket lets it through, in debt
+        "concurrency-refused": 429,
+    }[answer_kind]
+    assert response.status_code == expected, response.text
+    assert service.budget.used == 0
+    if answer_kind == "concurrency-refused":
+        service.limits.leave("k", 0.0)
+    assert service.limits._keys.get("k") is None or service.limits._keys["k"].open == 0
+
+
+async def asgi_post(app, headers: dict[str, str], body: bytes) -> tuple[int, dict, int]:
+    """POST /v1/classify straight through ASGI; (status, headers, body chunks read)."""
+    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    read = 0
+
+    async def receive() -> dict:
+        nonlocal read
+        if read < len(chunks):
+            read += 1
+            return {
+                "type": "http.request",
+                "body": chunks[read - 1],
+                "more_body": read < len(chunks),
+            }
+        return {"type": "http.disconnect"}
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/classify",
+        "raw_path": b"/v1/classify",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("ingress", 80),
+    }
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, read
+
+
+@pytest.mark.parametrize("refusal", ["concurrency", "rate", "bytes"])
+async def test_refusals_come_before_the_body_is_read(refusal):
+    settings = Settings(
+        api_keys=("k",),
+        key_max_concurrent=1,
+        key_rate_limit=1,
+        key_rate_burst=1,
+        max_inflight_bytes=len(COFFEE) - 1 if refusal == "bytes" else 10**9,
+    )
+    service, producer = make_service(settings)
+    if refusal == "concurrency":
+        service.limits.enter("k", time.monotonic())
+    if refusal == "rate":
+        service.limits.charge("k", 1, time.monotonic())
+    app = create_app()
+    app.dependency_overrides[current_service] = lambda: service
+    headers = {"x-api-key": "k", "content-type": "image/jpeg", "content-length": str(len(COFFEE))}
+    status, response_headers, read = await asgi_post(app, headers, COFFEE)
+    assert status == (503 if refusal == "bytes" else 429)
+    assert response_headers["retry-after"] == "1"
+    assert read == 0 and producer.published == []

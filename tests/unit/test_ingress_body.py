@@ -17,6 +17,7 @@ from starlette.requests import Request
 from ingress import body as body_module
 from ingress import parsing
 from ingress.body import OFFLOAD_BYTES, off_loop_above, read_classify_request
+from ingress.limits import ByteBudget, Refused
 from rabbit_serve.errors import ClientError
 from rabbit_serve.settings import Settings
 from tests.images import sample
@@ -106,6 +107,57 @@ async def test_a_chunked_multipart_body_is_stopped_at_the_limit():
     body = Body(*chunks)
     error = await refused(body, {"content-type": "multipart/form-data; boundary=b0"})
     assert error.status == 413 and body.read < len(chunks)
+
+
+# -- the byte budget -----------------------------------------------------------------------
+
+
+async def test_a_declared_length_past_the_budget_is_503_before_a_byte_is_read():
+    budget = ByteBudget(500_000)
+    other = 500_000 - len(COFFEE) + 1  # another request's body: one byte too many
+    budget.hold().cover(other)
+    body = Body(COFFEE)
+    hold = budget.hold()
+    headers = {"content-type": "image/jpeg", "content-length": str(len(COFFEE))}
+    with pytest.raises(Refused) as info:
+        await read_classify_request(request(body, headers), SETTINGS, hold)
+    assert info.value.status == 503 and "MAX_INFLIGHT_BYTES" in info.value.message
+    assert body.read == 0 and hold.reserved == 0 and budget.used == other
+
+
+async def test_a_declared_length_is_reserved_up_front():
+    budget = ByteBudget(1_000_000)
+    hold = budget.hold()
+    headers = {"content-type": "image/jpeg", "content-length": str(len(COFFEE))}
+    parsed = await read_classify_request(request(Body(COFFEE), headers), SETTINGS, hold)
+    assert parsed.images == [COFFEE] and hold.reserved == len(COFFEE) == budget.used
+
+
+async def test_a_body_past_the_size_limit_is_413_whatever_the_budget():
+    hold = ByteBudget(10).hold()
+    headers = {"content-type": "application/json", "content-length": "1000001"}
+    with pytest.raises(ClientError) as info:
+        await read_classify_request(request(Body(b"x"), headers), SETTINGS, hold)
+    assert info.value.status == 413
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "image/jpeg", "multipart"])
+async def test_a_body_without_a_length_is_counted_as_it_arrives_and_stopped_past_the_budget(
+    content_type,
+):
+    data = b"A" * 500_000
+    headers = {"content-type": content_type}
+    if content_type == "multipart":
+        headers = {"content-type": "multipart/form-data; boundary=b9"}
+        data = multipart("b9", ("file", "a.jpg", COFFEE + bytes(500_000)))
+    budget = ByteBudget(250_000)
+    hold = budget.hold()
+    body = Body(*[data[i : i + 100_000] for i in range(0, len(data), 100_000)])  # no length
+    with pytest.raises(Refused) as info:
+        await read_classify_request(request(body, headers), SETTINGS, hold)
+    assert info.value.status == 503
+    assert body.read == 3  # the chunk that would pass the budget, and no further
+    assert hold.reserved == budget.used == 200_000
 
 
 # -- dispatch by content type ---------------------------------------------------------------

@@ -53,7 +53,7 @@ async def test_publish_failure_is_a_503_with_retry_after_and_nothing_left_waitin
 
 
 async def test_publish_failure_for_a_webhook_request_is_a_503():
-    settings = Settings(webhook_allow_private=True)
+    settings = Settings(webhook_allow_private=True, webhook_allowed_ports="*")
     service, _ = make_service(settings, fail="message broker is not reachable")
     rendered = await classify(service, parsed(callback_url="http://127.0.0.1:9/hook"))
     assert rendered.status == 503 and rendered.headers == {"Retry-After": "1"}
@@ -124,7 +124,9 @@ async def test_a_future_stamp_cannot_lengthen_the_deadline():
 
 
 async def test_a_webhook_request_is_accepted_at_once():
-    service, producer = make_service(Settings(webhook_allow_private=True), answer=None)
+    service, producer = make_service(
+        Settings(webhook_allow_private=True, webhook_allowed_ports="*"), answer=None
+    )
     rendered = await classify(service, parsed(2, multi=True, callback_url="http://127.0.0.1:9/x"))
     assert rendered.status == 202
     body = orjson.loads(rendered.body)
@@ -163,7 +165,9 @@ async def test_one_image_stays_one_plain_task_message_with_its_pixels():
 
 
 async def test_a_webhook_job_lives_for_webhook_job_ttl_not_timeout():
-    settings = Settings(webhook_allow_private=True, timeout=10, webhook_job_ttl=7200)
+    settings = Settings(
+        webhook_allow_private=True, webhook_allowed_ports="*", timeout=10, webhook_job_ttl=7200
+    )
     service, producer = make_service(settings)
     await classify(service, parsed(2, multi=True, callback_url="http://127.0.0.1:9/x"))
     (message,) = producer.published
