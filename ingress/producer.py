@@ -128,11 +128,14 @@ class Producer:
 
     async def _connect_once(self) -> None:
         connection = await broker.connect(
-            self._settings, name=f"rabbit-serve ingress {self._owner}"
+            self._settings,
+            url=self._settings.ingress_broker_url,
+            name=f"rabbit-serve ingress {self._owner}",
         )
         try:
+            # Not on the publishing channel: see broker.ensure_request_queue.
+            await broker.ensure_request_queue(connection, self._settings)
             channel = await broker.open_channel(connection, confirms=True)
-            await broker.declare_request_queue(channel, self._settings)
             queue = await broker.declare_reply_queue(channel, self.reply_queue)
             # Results are tiny and losing one only costs that request a 504, so the
             # reply queue is consumed without acks.
@@ -194,16 +197,16 @@ class Producer:
         """The request queue is gone (deleted by hand): declare it again, in the
         background and at most once a second, so service resumes without an operator."""
         loop = asyncio.get_running_loop()
-        if self._channel is None or (self._redeclaring and not self._redeclaring.done()):
+        if self._connection is None or (self._redeclaring and not self._redeclaring.done()):
             return
         if loop.time() - self._last_redeclare < REDECLARE_EVERY_S:
             return
         self._last_redeclare = loop.time()
-        self._redeclaring = asyncio.create_task(self._declare(self._channel))
+        self._redeclaring = asyncio.create_task(self._declare(self._connection))
 
-    async def _declare(self, channel: AbstractRobustChannel) -> None:
+    async def _declare(self, connection: AbstractRobustConnection) -> None:
         try:
-            await broker.declare_request_queue(channel, self._settings)
+            await broker.ensure_request_queue(connection, self._settings)
             logger.warning(
                 "request queue %s was missing: declared it again", self._settings.request_queue
             )

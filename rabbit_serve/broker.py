@@ -11,6 +11,7 @@ import logging
 from typing import Any, NamedTuple
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractQueue,
@@ -22,6 +23,7 @@ from rabbit_serve._amqp import (
     AioPikaInbound,
     AioPikaPublisher,
     consume,
+    consume_again,
     is_blocked,
     is_consuming,
     to_aio_pika,
@@ -36,15 +38,18 @@ __all__ = [
     "AioPikaPublisher",
     "Connection",
     "QueueMismatch",
+    "RequestQueueMissing",
     "RequestQueues",
     "connect",
     "connection_version",
     "consume",
+    "consume_again",
     "declare_dead_letter_queue",
     "declare_reply_queue",
     "declare_request_queue",
     "declare_webhook_dead_letter_queue",
     "declare_webhook_queue",
+    "ensure_request_queue",
     "is_blocked",
     "is_connected",
     "is_consuming",
@@ -68,10 +73,23 @@ class QueueMismatch(RuntimeError):
     """A queue already exists with arguments this version does not declare."""
 
 
+class RequestQueueMissing(RuntimeError):
+    """The request queue does not exist, and this broker user may not declare it."""
+
+
 async def connect(
-    settings: Settings, *, name: str = "rabbit-serve", check: bool = True
+    settings: Settings,
+    *,
+    url: str | None = None,
+    name: str = "rabbit-serve",
+    check: bool = True,
 ) -> AbstractRobustConnection:
     """A connection that re-opens itself, its channels, queues and consumers after a drop.
+
+    ``url`` defaults to ``AMQP_URL``; the ingress passes
+    :attr:`Settings.ingress_broker_url` and the consumers
+    :attr:`Settings.consumer_broker_url`, so each can run as its own broker user with
+    only the permissions it needs (``scripts/broker_users.sh``).
 
     Heartbeats every ``AMQP_HEARTBEAT / 2`` seconds, so a dead or partitioned peer is
     noticed in seconds, not aiormq's default of minutes; re-opening is tried every
@@ -81,7 +99,7 @@ async def connect(
     :class:`~rabbit_serve.broker_version.UnsupportedBroker` raised).
     """
     connection = await aio_pika.connect_robust(
-        settings.amqp_url,
+        url or settings.amqp_url,
         timeout=settings.broker_connect_timeout,
         heartbeat=settings.amqp_heartbeat,
         reconnect_interval=RECONNECT_DELAY_S,
@@ -162,6 +180,34 @@ async def declare_request_queue(channel: AbstractChannel, settings: Settings) ->
             f"other arguments ({exc}); drain it, then delete it "
             f"(rabbitmqctl delete_queue {settings.request_queue}) or set REQUEST_QUEUE "
             "to a new name"
+        ) from exc
+
+
+async def ensure_request_queue(connection: AbstractRobustConnection, settings: Settings) -> None:
+    """Declare the request queue (and its dead letters) where this broker user may, else
+    check that it exists: what the ingress does before it publishes.
+
+    The ingress's least-privilege user (``scripts/broker_users.sh``) may not configure the
+    request queue, so that it cannot delete it, and may not read it, which RabbitMQ
+    requires of whoever first declares a queue with a dead-letter exchange; the consumers
+    declare it. Each step runs on a plain channel of its own: a refusal closes only that
+    channel, never the caller's publishing one, and no robust channel is left to
+    re-declare the queue after a reconnect (which that user would be refused too).
+    Raises :class:`RequestQueueMissing` when the queue is absent and may not be declared.
+    """
+    try:
+        async with aio_pika.Channel(connection, publisher_confirms=False) as channel:
+            await declare_request_queue(channel, settings)
+        return
+    except aiormq.exceptions.ChannelAccessRefused:
+        pass
+    try:
+        async with aio_pika.Channel(connection, publisher_confirms=False) as channel:
+            await channel.declare_queue(settings.request_queue, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity as exc:
+        raise RequestQueueMissing(
+            f"queue {settings.request_queue!r} does not exist and this broker user may not "
+            "declare it; the consumers declare it when they start"
         ) from exc
 
 

@@ -35,6 +35,8 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 DEFINITIONS = ROOT / "rabbitmq" / "definitions.json"
 RABBITMQ_CONF = ROOT / "rabbitmq" / "rabbitmq.conf"
 HASH_TOOL = ROOT / "scripts" / "rabbitmq_password_hash.py"
+BROKER_USERS = ROOT / "scripts" / "broker_users.sh"
+RUN_LOCAL = ROOT / "scripts" / "run_local.sh"
 RAY_SCHEMA = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
 
 # Variables for the infrastructure rather than the application's Settings.
@@ -125,12 +127,35 @@ def test_cluster_keeps_the_dashboard_on_loopback(cluster):
     assert "0.0.0.0" not in head
 
 
-def test_every_cluster_node_gets_the_broker_url(cluster):
-    # Serve builds the app (and reads AMQP_URL) on whichever node it likes.
+def test_every_cluster_node_gets_the_broker_urls(cluster):
+    # Serve builds the app (and reads the URLs) on whichever node it likes.
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         start = next(c for c in cluster[key] if "ray start" in c)
-        assert "export AMQP_URL=" in start, key
-        assert start.index("export AMQP_URL=") < start.index("ray start"), key
+        ray_start = start.index("ray start")
+        assert "export INGRESS_AMQP_URL=" in start, key
+        assert start.index("export INGRESS_AMQP_URL=") < ray_start, key
+        urls = start[start.index("export INGRESS_AMQP_URL=") : ray_start]
+        assert "CONSUMER_AMQP_URL=" in urls, key
+        assert "amqp://rabbit-serve-ingress:${RABBITMQ_INGRESS_PASSWORD:?" in urls, key
+        assert "amqp://rabbit-serve-consumer:${RABBITMQ_CONSUMER_PASSWORD:?" in urls, key
+        # The operator's password stays out of every Ray process.
+        assert "export AMQP_URL=" not in start, key
+        assert "unset RABBITMQ_PASSWORD" in start[:ray_start], key
+
+
+def test_cluster_head_creates_the_broker_users(cluster):
+    setup = " ".join(cluster["head_setup_commands"])
+    assert "scripts/broker_users.sh" in setup
+    assert setup.index("install_rabbitmq.sh") < setup.index("broker_users.sh")
+    assert 'RABBITMQCTL="sudo rabbitmqctl"' in setup
+
+
+def test_cluster_nodes_use_rays_token_auth(cluster):
+    # Each node's agent serves the job API on the node's address: token auth on every node.
+    setup = " ".join(cluster["setup_commands"])
+    assert "~/.ray/auth_token" in setup and "umask 077" in setup
+    assert "export RAY_AUTH_MODE=token" in setup and "~/.bashrc" in setup
+    assert "${RAY_AUTH_TOKEN:?" in setup
 
 
 @needs_bash
@@ -199,7 +224,7 @@ def test_setting_name_check_catches_a_misspelling():
 
 def test_compose_environment_names_are_settings(compose):
     names = list(_all_environment(compose))
-    assert "AMQP_URL" in names
+    assert {"INGRESS_AMQP_URL", "CONSUMER_AMQP_URL", "API_KEYS"} <= set(names)
     assert unknown_setting_names(names) == []
 
 
@@ -229,11 +254,58 @@ def test_compose_sets_no_setting_that_serve_config_overrides(compose):
     assert not set(_all_environment(compose)) & args
 
 
-def test_compose_has_no_default_broker_credentials(compose):
+def test_compose_has_no_default_credentials(compose):
     text = json.dumps(compose)  # parsed, so comments do not count
-    assert "${RABBITMQ_PASSWORD:?" in _all_environment(compose)["AMQP_URL"]
-    assert not re.search(r"\$\{RABBITMQ_PASSWORD:?-", text)
+    env = _all_environment(compose)
+    assert "${RABBITMQ_INGRESS_PASSWORD:?" in (env["INGRESS_AMQP_URL"] or "")
+    assert "${RABBITMQ_CONSUMER_PASSWORD:?" in (env["CONSUMER_AMQP_URL"] or "")
+    assert (env["API_KEYS"] or "").startswith("${API_KEYS:?")
+    for secret in (
+        "RABBITMQ_PASSWORD",
+        "RABBITMQ_INGRESS_PASSWORD",
+        "RABBITMQ_CONSUMER_PASSWORD",
+        "RAY_AUTH_TOKEN",
+        "API_KEYS",
+    ):
+        assert f"${{{secret}:?" in text, secret
+        assert not re.search(rf"\$\{{{secret}:?-", text), secret
     assert "guest" not in text
+
+
+def test_compose_ray_containers_connect_as_the_least_privilege_users(compose):
+    for name in ("ray-head", "ray-worker"):
+        env = _environment(compose["services"][name])
+        # No admin URL, and so no admin password, in any Ray process.
+        assert "AMQP_URL" not in env, name
+        assert "RABBITMQ_PASSWORD" not in json.dumps(env), name
+        assert (env["INGRESS_AMQP_URL"] or "").startswith(
+            "amqp://${RABBITMQ_INGRESS_USER:-rabbit-serve-ingress}:"
+        )
+        assert (env["CONSUMER_AMQP_URL"] or "").startswith(
+            "amqp://${RABBITMQ_CONSUMER_USER:-rabbit-serve-consumer}:"
+        )
+
+
+def test_compose_creates_the_broker_users_before_ray(compose):
+    services = compose["services"]
+    users = services["rabbitmq-users"]
+    # The broker image's own rabbitmqctl, against the broker node, with its cookie.
+    assert users["image"] == services["rabbitmq"]["image"]
+    assert users["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+    env = _environment(users)
+    assert env["RABBITMQ_NODENAME"] == f"rabbit@{services['rabbitmq']['hostname']}"
+    for role in ("INGRESS", "CONSUMER"):
+        assert (env[f"RABBITMQ_{role}_PASSWORD"] or "").startswith(f"${{RABBITMQ_{role}_PASSWORD:?")
+        # The same user names the Ray containers' URLs use.
+        user = env[f"RABBITMQ_{role}_USER"] or ""
+        assert _all_environment(compose)[f"{role}_AMQP_URL"].startswith(f"amqp://{user}:")
+    mounts = {target: (source, ro) for source, target, ro in _volumes(users)}
+    script_target = next(t for t, (src, _) in mounts.items() if src == "./scripts/broker_users.sh")
+    assert mounts["/var/lib/rabbitmq"] == ("rabbitmq-data", True)
+    assert users["command"] == ["bash", script_target]
+    assert users.get("restart") == "no"
+    condition = services["ray-head"]["depends_on"]["rabbitmq-users"]["condition"]
+    assert condition == "service_completed_successfully"
 
 
 def test_compose_publishes_ports_on_loopback_only(compose):
@@ -490,3 +562,298 @@ def test_every_deploy_path_pins_a_broker_in_the_supported_range(compose, cluster
     assert pinned[1].rsplit(".", 1)[0] == tag.rsplit(".", 1)[0]
     script = (ROOT / "scripts" / "install_rabbitmq.sh").read_text()
     assert _bash_syntax_error(script) is None and "check_version" in script
+
+
+# --------------------------------------------------------------------------- Ray's surfaces
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+# `ray start ...` or `"$RAY" start ...`, up to the end of that simple command.
+RAY_START = re.compile(r"""(?:\bray|"\$RAY"|\$RAY)\s+start\b(?P<args>[^;&|\n]*)""")
+
+
+def _without_comments(shell: str) -> str:
+    return "\n".join(re.sub(r"(^|\s)#.*$", "", line) for line in shell.splitlines())
+
+
+def _flag(args: str, name: str) -> str | None:
+    match = re.search(rf"--{name}(?:=|\s+)[\"']?([^\s\"']+)", args)
+    return match[1] if match else None
+
+
+def ray_exposure(command: str, env: dict[str, str | None]) -> list[str]:
+    """What the ``ray start`` commands in ``command`` (shell text, ``env`` its
+    environment) put on a non-loopback address without Ray's token auth.
+
+    The dashboard, with the job API, binds ``--dashboard-host`` (Ray's default:
+    loopback) on the head; every node's agent serves the job API on the node's
+    address (``--node-ip-address``, by default the machine's own). Either on a
+    network address needs RAY_AUTH_MODE=token, set in the environment or exported
+    before the command, with a token that has no default.
+    """
+    text = command.replace("\\\n", " ")
+    problems = []
+    for match in RAY_START.finditer(text):
+        before, args = text[: match.start()], match["args"]
+        mode = env.get("RAY_AUTH_MODE")
+        exported = re.findall(r"\bRAY_AUTH_MODE=[\"']?([\w$:{}-]+)", before)
+        if exported:
+            mode = exported[-1]
+        token = env.get("RAY_AUTH_TOKEN") or ""
+        has_token = token.startswith("${RAY_AUTH_TOKEN:?") or "${RAY_AUTH_TOKEN:?" in before
+        has_token = has_token or "~/.ray/auth_token" in before
+        if mode == "token" and has_token:
+            continue
+        exposed = []
+        if "--head" in args:
+            host = _flag(args, "dashboard-host") or "127.0.0.1"
+            if host not in LOOPBACK_HOSTS and "--include-dashboard=false" not in args:
+                exposed.append(f"dashboard and job API on {host}")
+        node_ip = _flag(args, "node-ip-address")
+        if node_ip not in LOOPBACK_HOSTS:
+            exposed.append(f"the agent's job API on {node_ip or 'the node address'}")
+        problems += [f"{item} without token auth ({match[0].strip()!r})" for item in exposed]
+    return problems
+
+
+def test_ray_exposure_catches_an_open_dashboard_or_agent():
+    open_head = "ray start --head --port=6379 --dashboard-host=0.0.0.0 --block &"
+    assert ray_exposure(open_head, {"RAY_AUTH_MODE": "disabled"})
+    assert ray_exposure(open_head, {})  # mode unset: Ray decides, not the config
+    # Token mode without a required token is not enough either.
+    assert ray_exposure(open_head, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "${T:-x}"})
+    assert not ray_exposure(
+        open_head, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "${RAY_AUTH_TOKEN:?set it}"}
+    )
+    # The default dashboard host is loopback, but the agent is on the node's address.
+    worker = "ray start --address=$RAY_HEAD_IP:6379"
+    assert ray_exposure(worker, {}) == [
+        f"the agent's job API on the node address without token auth ({worker!r})"
+    ]
+    exported = "export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=${RAY_AUTH_TOKEN:?missing} && " + worker
+    assert not ray_exposure(exported, {})
+    # All on loopback: nothing on a network, no token needed.
+    local = '"$RAY" start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1'
+    assert not ray_exposure(local, {"RAY_AUTH_MODE": "disabled"})
+    assert ray_exposure(local.replace("--dashboard-host=127.0.0.1", "--dashboard-host=::"), {})
+
+
+def _shipped_ray_starts(compose: dict[str, Any], cluster: dict[str, Any]):
+    for name, service in compose["services"].items():
+        command = service.get("command") or []
+        text = " ".join(command) if isinstance(command, list) else command
+        yield f"docker-compose.yaml:{name}", text.replace("$$", "$"), _environment(service)
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        for command in cluster[key]:
+            yield f"cluster.yaml:{key}", " ".join(cluster["setup_commands"]) + " && " + command, {}
+    run_local = _without_comments(RUN_LOCAL.read_text(encoding="utf-8"))
+    yield "scripts/run_local.sh", run_local, {}
+
+
+def test_shipped_configs_never_expose_rays_dashboard_or_job_api(compose, cluster):
+    found = 0
+    for where, command, env in _shipped_ray_starts(compose, cluster):
+        found += len(RAY_START.findall(command.replace("\\\n", " ")))
+        assert ray_exposure(command, env) == [], where
+    # compose head + worker, cluster head + worker, run_local.sh
+    assert found >= 5
+
+
+def test_compose_ray_containers_share_one_required_token(compose):
+    for name in ("ray-head", "ray-worker"):
+        env = _environment(compose["services"][name])
+        assert env["RAY_AUTH_MODE"] == "token", name
+        assert (env["RAY_AUTH_TOKEN"] or "").startswith("${RAY_AUTH_TOKEN:?"), name
+
+
+def test_cluster_start_commands_export_token_auth(cluster):
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in cluster[key] if "ray start" in c)
+        head = start[: start.index("ray start")]
+        assert "export RAY_AUTH_MODE=token" in head, key
+        assert "${RAY_AUTH_TOKEN:?" in head, key
+
+
+# --------------------------------------------------------------------------- broker users
+
+FAKE_RABBITMQCTL = r"""
+import json, os, sys
+state_path = os.environ["FAKE_RABBITMQCTL_STATE"]
+state = {"users": [], "vhosts": ["/"]}
+if os.path.exists(state_path):
+    state = json.load(open(state_path))
+args = [a for a in sys.argv[1:] if a not in ("-q", "--")]
+stdin = "" if sys.stdin.isatty() else sys.stdin.read()
+with open(os.environ["FAKE_RABBITMQCTL_LOG"], "a") as log:
+    log.write(json.dumps({"argv": sys.argv[1:], "stdin": stdin}) + "\n")
+command = args[0]
+if command == "list_users":
+    print("\n".join(f"{u}\t[]" for u in state["users"]))
+elif command == "list_vhosts":
+    print("\n".join(state["vhosts"]))
+elif command == "add_user":
+    state["users"].append(args[1])
+elif command == "add_vhost":
+    state["vhosts"].append(args[1])
+json.dump(state, open(state_path, "w"))
+"""
+
+
+def run_broker_users(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, list]:
+    fake = tmp_path / "fake_rabbitmqctl.py"
+    fake.write_text(FAKE_RABBITMQCTL)
+    log = tmp_path / "calls.jsonl"
+    log.unlink(missing_ok=True)
+    full_env = {
+        "PATH": os.environ["PATH"],
+        "RABBITMQCTL": f"{sys.executable} {fake}",
+        "FAKE_RABBITMQCTL_STATE": str(tmp_path / "state.json"),
+        "FAKE_RABBITMQCTL_LOG": str(log),
+        "RABBITMQ_INGRESS_PASSWORD": "ingress-secret-1",
+        "RABBITMQ_CONSUMER_PASSWORD": "consumer-secret-1",
+        **env,
+    }
+    result = subprocess.run(
+        ["bash", str(BROKER_USERS)],
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return result, calls
+
+
+def _permissions(calls: list) -> dict[str, tuple[str, str, str, str]]:
+    """user -> (vhost, configure, write, read) from the recorded set_permissions."""
+    out = {}
+    for call in calls:
+        argv = [a for a in call["argv"] if a not in ("-q", "--")]
+        if argv[0] == "set_permissions":
+            vhost, user, *regexes = argv[2:]
+            assert argv[1] == "-p"
+            out[user] = (vhost, *regexes)
+    return out
+
+
+def _matches(regex: str, names: list[str]) -> list[str]:
+    return [name for name in names if re.search(regex, name)]
+
+
+@needs_bash
+def test_broker_users_grant_each_role_only_its_queues(tmp_path):
+    settings = Settings()
+    result, calls = run_broker_users(tmp_path)
+    assert result.returncode == 0, result.stderr
+    perms = _permissions(calls)
+    _, i_configure, i_write, i_read = perms["rabbit-serve-ingress"]
+    _, c_configure, c_write, c_read = perms["rabbit-serve-consumer"]
+    reply = f"{settings.reply_queue_prefix}.ingress-replica-1"
+    queues = [
+        settings.request_queue,
+        settings.dead_letter_queue,
+        settings.webhook_queue,
+        settings.webhook_dead_letter_queue,
+        reply,
+        # Near misses: an unescaped dot or a missing anchor would let these through.
+        settings.request_queue + "x",
+        settings.request_queue.replace(".", "X"),
+        "x" + settings.webhook_queue,
+        settings.reply_queue_prefix,
+        settings.reply_queue_prefix + "X1",
+        "amq.gen-123",
+    ]
+    exchanges = ["amq.default", "amq.direct", "amq.topic", "amq.fanout", "amqXdefault"]
+    assert _matches(i_configure, queues + exchanges) == [reply]
+    assert _matches(i_read, queues + exchanges) == [reply]
+    assert _matches(c_configure, queues + exchanges) == queues[:4]
+    assert _matches(c_read, queues + exchanges) == queues[:3]
+    assert (
+        _matches(i_write, queues + exchanges)
+        == _matches(c_write, queues + exchanges)
+        == ["amq.default"]
+    )
+    # No tags: set_user_tags with a user and nothing else.
+    tags = [c["argv"] for c in calls if "set_user_tags" in c["argv"]]
+    assert [[a for a in t if a not in ("-q", "--")] for t in tags] == [
+        ["set_user_tags", "rabbit-serve-ingress"],
+        ["set_user_tags", "rabbit-serve-consumer"],
+    ]
+
+
+@needs_bash
+def test_broker_users_defaults_are_the_applications_queue_names():
+    text = BROKER_USERS.read_text(encoding="utf-8")
+    for name in (
+        "request_queue",
+        "dead_letter_queue",
+        "reply_queue_prefix",
+        "webhook_queue",
+        "webhook_dead_letter_queue",
+    ):
+        default = Settings.model_fields[name].default
+        assert f'"${{{name.upper()}:-{default}}}"' in text, name
+
+
+@needs_bash
+def test_broker_users_escape_queue_names(tmp_path):
+    result, calls = run_broker_users(
+        tmp_path, REQUEST_QUEUE="a+b.(q)", REPLY_QUEUE_PREFIX="r[1].*", RABBITMQ_VHOST="v|h"
+    )
+    assert result.returncode == 0, result.stderr
+    perms = _permissions(calls)
+    vhost, configure, _, _ = perms["rabbit-serve-consumer"]
+    assert vhost == "v|h"
+    assert _matches(configure, ["a+b.(q)", "aab.(q)", "a+bX(q)", "ab.q"]) == ["a+b.(q)"]
+    _, i_configure, _, _ = perms["rabbit-serve-ingress"]
+    assert _matches(i_configure, ["r[1].*.x", "r1.x", "r[1]X*.x", "r[1].*"]) == ["r[1].*.x"]
+    assert ["add_vhost", "v|h"] in [[a for a in c["argv"] if a not in ("-q", "--")] for c in calls]
+
+
+@needs_bash
+def test_broker_users_keep_passwords_off_the_command_line_and_rotate(tmp_path):
+    result, calls = run_broker_users(tmp_path)
+    assert result.returncode == 0, result.stderr
+    argv = json.dumps([c["argv"] for c in calls])
+    assert "secret" not in argv
+    added = {c["argv"][-1]: c["stdin"] for c in calls if "add_user" in c["argv"]}
+    assert added == {
+        "rabbit-serve-ingress": "ingress-secret-1\n",
+        "rabbit-serve-consumer": "consumer-secret-1\n",
+    }
+    # Again, with new passwords: the users exist, so their passwords change.
+    result, calls = run_broker_users(
+        tmp_path,
+        RABBITMQ_INGRESS_PASSWORD="ingress-secret-2",
+        RABBITMQ_CONSUMER_PASSWORD="consumer-secret-2",
+    )
+    assert result.returncode == 0, result.stderr
+    assert not [c for c in calls if "add_user" in c["argv"] or "add_vhost" in c["argv"]]
+    changed = {c["argv"][-1]: c["stdin"] for c in calls if "change_password" in c["argv"]}
+    assert changed == {
+        "rabbit-serve-ingress": "ingress-secret-2\n",
+        "rabbit-serve-consumer": "consumer-secret-2\n",
+    }
+    assert len(_permissions(calls)) == 2
+
+
+@needs_bash
+@pytest.mark.parametrize("missing", ["RABBITMQ_INGRESS_PASSWORD", "RABBITMQ_CONSUMER_PASSWORD"])
+def test_broker_users_need_both_passwords(tmp_path, missing):
+    result, calls = run_broker_users(tmp_path, **{missing: ""})
+    assert result.returncode != 0
+    assert missing in result.stderr
+    assert calls == []
+
+
+@needs_bash
+def test_broker_users_refuse_one_user_for_both_roles(tmp_path):
+    result, calls = run_broker_users(
+        tmp_path, RABBITMQ_INGRESS_USER="same", RABBITMQ_CONSUMER_USER="same"
+    )
+    assert result.returncode != 0 and calls == []
+
+
+@needs_bash
+def test_broker_users_script_is_valid_shell():
+    assert _bash_syntax_error(BROKER_USERS.read_text(encoding="utf-8")) is None
