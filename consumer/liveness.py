@@ -15,8 +15,8 @@ from dataclasses import dataclass
 # A broker outage shorter than this is ridden out by the robust connection; a longer
 # one fails the health check (with the reason), and Serve restarts the replica.
 BROKER_LOST_GRACE_S = 30.0
-# The broker cancels a consumer whose queue was deleted; aio-pika consumes again once
-# the queue is back (the ingress declares it again at once). Past this, it has not.
+# The broker cancels a consumer whose queue was deleted; the consumer declares it and
+# consumes again within seconds (BatchingConsumer._keep_consuming). Past this, it has not.
 CONSUMER_LOST_GRACE_S = 5.0
 
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 from aio_pika.abc import AbstractQueue
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -46,12 +46,16 @@ from consumer.handback import HandBack
 from consumer.liveness import Liveness, Progress
 from consumer.outbox import WebhookSender
 from consumer.outcomes import Tally
-from consumer.webhook import WebhookPolicy
+from consumer.webhook import WebhookPolicy, webhook_client
 from deployments.ledger import LedgerClient
 from rabbit_serve import broker
 from rabbit_serve.settings import Settings
+from rabbit_serve.transport import Inbound
 
 logger = logging.getLogger("rabbit_serve.consumer")
+
+# How often a consumer checks that the broker still delivers the request queue to it.
+RESUBSCRIBE_CHECK_S = 1.0
 
 
 @serve.deployment(
@@ -71,7 +75,7 @@ class BatchingConsumer:
         self._ledger = LedgerClient(ledger) if ledger is not None else None
         self._tally = Tally(export=True)
         self._answered = RecentIds()
-        self._http = httpx.AsyncClient()
+        self._http = webhook_client(settings)
         self._connection: broker.Connection | None = None
         self._publishing: broker.Connection | None = None
         self._driver: BatchDriver[Delivery] | None = None
@@ -79,6 +83,7 @@ class BatchingConsumer:
         self._requests: AbstractQueue | None = None
         self._broker_error: str | None = None
         self._liveness = Liveness(time.monotonic(), stall=settings.stall_timeout)
+        self._resubscriber: asyncio.Task[None] | None = None
         self._runner = asyncio.create_task(self._run())
 
     # -- Serve hooks -------------------------------------------------------------------------
@@ -119,6 +124,8 @@ class BatchingConsumer:
 
     async def __del__(self) -> None:
         self._runner.cancel()
+        if self._resubscriber is not None:
+            self._resubscriber.cancel()
         if self._driver is not None:
             # What still waits is unacked: it returns to the queue when the connection closes.
             await self._driver.close(timeout=self._settings.timeout)
@@ -139,11 +146,36 @@ class BatchingConsumer:
         name = f"rabbit-serve consumer {serve.get_replica_context().replica_id.unique_id} {role}"
         while True:
             try:
-                return await broker.connect(self._settings, name=name)
+                return await broker.connect(
+                    self._settings, url=self._settings.consumer_broker_url, name=name
+                )
             except Exception as exc:
                 self._broker_error = repr(exc)
                 logger.warning("broker unreachable (%s); retrying", exc)
                 await asyncio.sleep(broker.RECONNECT_DELAY_S)
+
+    async def _keep_consuming(
+        self, requests: AbstractQueue, on_request: Callable[[Inbound], Awaitable[None]]
+    ) -> None:
+        """Consume the request queue again when the broker cancelled this consumer (the
+        queue was deleted): a replica with no consumer holds no work and would idle
+        until the health check replaced it, tens of seconds later."""
+        missing = 0
+        while True:
+            await asyncio.sleep(RESUBSCRIBE_CHECK_S)
+            if not broker.is_connected(self._connection) or broker.is_consuming(requests):
+                missing = 0
+                continue
+            missing += 1
+            if missing < 2:
+                continue  # aio-pika may be restoring it right now
+            try:
+                await broker.consume_again(requests, on_request)
+                logger.warning("the broker had cancelled the request queue's consumer; resumed")
+                missing = 0
+            except Exception as exc:
+                # The queue may still be missing (the ingress declares it on a publish).
+                logger.warning("could not consume the request queue again yet: %r", exc)
 
     async def _run(self) -> None:
         settings = self._settings
@@ -191,7 +223,9 @@ class BatchingConsumer:
         )
 
         # The robust connection re-opens the channel and these consumers after a drop.
-        await broker.consume(requests, guarded(admission.on_request, self._tally, "admission"))
+        on_request = guarded(admission.on_request, self._tally, "admission")
+        await broker.consume(requests, on_request)
+        self._resubscriber = asyncio.create_task(self._keep_consuming(requests, on_request))
         await broker.consume(
             dead_letters, guarded(answerer.on_dead_letter, self._tally, "dead letters")
         )
@@ -203,13 +237,7 @@ class BatchingConsumer:
         outbox = await broker.declare_webhook_queue(webhook_channel, settings)
         sender = WebhookSender(
             self._http,
-            WebhookPolicy(
-                secret=settings.webhook_secret,
-                allowed_hosts=settings.webhook_allowed_hosts,
-                allow_private=settings.webhook_allow_private,
-                attempts=settings.webhook_max_attempts,
-                timeout=settings.webhook_timeout,
-            ),
+            WebhookPolicy.from_settings(settings),
             self._tally,
             self._ledger,
         )

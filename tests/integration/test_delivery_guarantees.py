@@ -145,6 +145,47 @@ async def test_a_delivery_goes_stale_when_its_channel_closes_and_comes_back():
             await cleanup(channel, settings)
 
 
+async def test_a_consumer_cancelled_by_a_deleted_queue_consumes_again():
+    settings = isolated_settings()
+    connection = await broker.connect(settings, check=False)
+    async with connection:
+        channel = await broker.open_channel(connection, prefetch=4)
+        requests, _ = await broker.declare_request_queue(channel, settings)
+        got: list[str | None] = []
+
+        async def on_request(inbound) -> None:
+            got.append(inbound.message_id)
+            await inbound.ack()
+
+        other_connection, other = await open_channel(settings)
+        try:
+            await broker.consume(requests, on_request)
+            assert broker.is_consuming(requests)
+            await other.queue_delete(settings.request_queue)
+            for _ in range(50):  # the broker's Basic.Cancel arrives asynchronously
+                if not broker.is_consuming(requests):
+                    break
+                await asyncio.sleep(0.05)
+            assert not broker.is_consuming(requests)
+            await broker.consume_again(requests, on_request)
+            assert broker.is_consuming(requests)
+            task = coffee_task("nobody")
+            await other.default_exchange.publish(
+                broker.to_aio_pika(encode_task(task)), routing_key=settings.request_queue
+            )
+            for _ in range(100):
+                if got:
+                    break
+                await asyncio.sleep(0.05)
+            assert got == [task.id]
+            # One consumer, not two: aio-pika does not restore the cancelled tag as well.
+            declared = await other.declare_queue(settings.request_queue, passive=True)
+            assert declared.declaration_result.consumer_count == 1
+        finally:
+            await cleanup(channel, settings)
+            await other_connection.close()
+
+
 async def test_message_that_keeps_failing_is_dead_lettered_after_the_limit():
     settings = isolated_settings(delivery_limit=2)
     connection, channel = await open_channel(settings)
