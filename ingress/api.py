@@ -107,9 +107,7 @@ async def classify(request: Request, service: Service) -> Response:
 def with_server_timing(rendered: Rendered, started: float) -> Rendered:
     """Adds a W3C ``Server-Timing`` header: the time this replica spent on the request
     (read, publish, wait), apart from any queueing in front of it (Serve's proxy)."""
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    headers = {**(rendered.headers or {}), "Server-Timing": f"ingress;dur={elapsed_ms:.1f}"}
-    return rendered._replace(headers=headers)
+    return render.timed(rendered, "ingress", started)
 
 
 @router.get(

@@ -155,10 +155,9 @@ class IngressService:
             for i, (image, count) in enumerate(zip(parsed.images, pixels, strict=True))
         ]
         if parsed.callback_url:
-            try:
-                await self._publish(tasks)
-            except ServiceUnavailable as exc:
-                return unavailable(exc), True
+            refused = await self._publish(tasks)
+            if refused is not None:
+                return refused, True
             body = render.accepted(request_id, parsed.callback_url, [t.id for t in tasks])
             return Rendered(202, body), False
         return await self._wait_for_results(request_id, parsed.multi, tasks, started)
@@ -169,10 +168,9 @@ class IngressService:
         # Registered before publishing, so a result can never arrive unexpected.
         futures = [self._pending.expect(t.id) for t in tasks]
         try:
-            try:
-                await self._publish(tasks)
-            except ServiceUnavailable as exc:
-                return unavailable(exc), True
+            refused = await self._publish(tasks)
+            if refused is not None:
+                return refused, True
             remaining = tasks[0].deadline - time.time()
             await asyncio.wait(futures, timeout=max(remaining, 0))
         finally:
@@ -191,10 +189,17 @@ class IngressService:
         )
         return rendered, False
 
-    async def _publish(self, tasks: list[ClassifyTask]) -> None:
+    async def _publish(self, tasks: list[ClassifyTask]) -> Rendered | None:
+        """``None`` once the broker confirmed; else the 503 to answer, which says in
+        ``Server-Timing`` how long the publish took (a lost confirm: PUBLISH_TIMEOUT)."""
         # Several images go as one bundle: one confirm queues all of them or none.
         message = encode_task(tasks[0]) if len(tasks) == 1 else encode_bundle(tasks)
-        await self._producer.publish(message)
+        started = time.perf_counter()
+        try:
+            await self._producer.publish(message)
+        except ServiceUnavailable as exc:
+            return render.timed(unavailable(exc), "publish", started)
+        return None
 
     async def _check_webhook(self, url: str) -> None:
         """Resolve the webhook host now, so a refused destination is a 422, not a silent

@@ -14,6 +14,7 @@ format between processes; nothing here reads it except through ``ClassifyResult`
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -42,6 +43,16 @@ def error(message: str) -> bytes:
 def timed_out(timeout: float) -> Rendered:
     """The 504 for a request that got no answer within ``timeout``."""
     return Rendered(504, error(timeout_message(timeout)))
+
+
+def timed(rendered: Rendered, metric: str, started: float) -> Rendered:
+    """``rendered`` with ``metric`` (its duration since ``started``, a ``perf_counter``
+    reading) added to its W3C ``Server-Timing`` header."""
+    entry = f"{metric};dur={(time.perf_counter() - started) * 1000:.1f}"
+    headers = dict(rendered.headers or {})
+    previous = headers.get("Server-Timing")
+    headers["Server-Timing"] = f"{previous}, {entry}" if previous else entry
+    return rendered._replace(headers=headers)
 
 
 def unavailable(message: str) -> Rendered:

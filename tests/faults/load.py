@@ -69,6 +69,7 @@ class Record:
     response_id: str | None = None
     task_ids: tuple[str, ...] = ()  # for 202s (webhook requests)
     server_s: float | None = None  # the ingress's own time on it (Server-Timing)
+    publish_s: float | None = None  # of that, its refused publish (Server-Timing), for 503s
     retry_after: str | None = None
     detail: str | None = None
     error: str | None = None  # the client-side exception when there was no answer
@@ -214,6 +215,7 @@ class Load:
         record.status = response.status_code
         record.retry_after = response.headers.get("retry-after")
         record.server_s = server_timing(response.headers.get("server-timing"))
+        record.publish_s = server_timing(response.headers.get("server-timing"), "publish")
         try:
             body = response.json()
         except ValueError:

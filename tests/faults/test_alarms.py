@@ -108,10 +108,15 @@ async def test_broker_alarm_under_load(app: App, kind: str, hooks: HookServer) -
     assert fast, "no request was refused at once"
     assert percentile([r.elapsed for r in fast], 90) < FAST_503_S, result.summary.line()
     assert len(slow) <= CLIENTS + 2, f"{len(slow)} 503s waited for a confirm"
-    # The ingress's own time on each (Server-Timing), not the client's: on two saturated
-    # cores the wait in Serve's proxy in front of it was seen at 2.4 s (CI, 2026-12-02).
-    limit = app.settings.publish_timeout + 1.0
-    waited = [r.server_s for r in slow]
-    assert all(w is not None and w < limit for w in waited), (waited, [r.elapsed for r in slow])
+    # The publish's own time (Server-Timing), not the client's: on two saturated cores
+    # the wait in front of the replica was seen at 2.4 s (CI, 2026-12-02), and the
+    # replica's whole time at 1.1 s over the confirm's (CI, 2026-12-03).
+    limit = app.settings.publish_timeout + 0.5
+    waited = [r.publish_s for r in slow]
+    assert all(w is not None and w < limit for w in waited), (
+        waited,
+        [r.server_s for r in slow],
+        [r.elapsed for r in slow],
+    )
     assert unhealthy, f"/healthz stayed 200 through the {kind} alarm"
     assert any("alarm" in t or "block" in t for t in unhealthy), unhealthy[:3]
