@@ -14,7 +14,8 @@ import time
 from fastapi import FastAPI, Request, Response
 from starlette.exceptions import HTTPException
 
-from ingress import idempotency, openapi
+from ingress import idempotency, oip, openapi
+from ingress.admission import admitted
 from ingress.auth import presented_key, v1_router
 from ingress.body import read_classify_request
 from ingress.limits import Refused
@@ -75,32 +76,21 @@ async def classify(request: Request, service: Service) -> Response:
     if key is not None:
         # Checked before the body is read: a bad key is a 422 whatever the body.
         key = idempotency.check_key(key)
-    # Set by the key check: None when keys are off (loopback, anonymous: not limited).
-    api_key: str | None = request.state.api_key
-    hold = service.budget.hold()
-    entered = False
     try:
-        if api_key is not None:
-            service.limits.enter(api_key, time.monotonic())
-            entered = True
-        parsed = await read_classify_request(request, service.settings, hold)
-        if api_key is not None:
-            service.limits.charge(api_key, len(parsed.images), time.monotonic())
-        rendered = await service.classify(
-            parsed,
-            request.headers.get("x-request-start"),
-            started,
-            idempotency_key=key,
-            scope=presented_key(request.headers) or "",
-        )
+        # request.state.api_key, set by the key check: None when keys are off.
+        async with admitted(service.budget, service.limits, request.state.api_key) as admission:
+            parsed = await read_classify_request(request, service.settings, admission.hold)
+            admission.charge(len(parsed.images))
+            rendered = await service.classify(
+                parsed,
+                request.headers.get("x-request-start"),
+                started,
+                idempotency_key=key,
+                scope=presented_key(request.headers) or "",
+            )
     except Refused as exc:
         headers = {"Retry-After": str(exc.retry_after)}
         rendered = Rendered(exc.status, render.error(exc.message), headers)
-    finally:
-        # Whatever the outcome, a client gone and the handler cancelled included.
-        hold.release()
-        if entered:
-            service.limits.leave(api_key, time.monotonic())
     return respond(with_server_timing(rendered, started))
 
 
@@ -149,6 +139,9 @@ def create_app() -> FastAPI:
         description="Image classification through a RabbitMQ queue and ONNX Runtime on Ray Serve.",
     )
     app.include_router(router)
+    # The Open Inference Protocol v2 (KServe v2 / Triton HTTP): the same classify path.
+    app.include_router(oip.health_router)
+    app.include_router(oip.router)
     app.add_api_route(
         "/healthz",
         healthz,
