@@ -3,6 +3,7 @@ measurements around them (replica pids, resident memory of this Ray cluster)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -11,10 +12,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import aio_pika
 import ray
 from ray._private import state as ray_state
 
+from rabbit_serve.broker import request_queue_arguments
 from rabbit_serve.local_cluster import App, queue_depth
+from rabbit_serve.settings import Settings
 
 # isort: split
 # Vendored by Ray (ray/thirdparty_files), importable once ray is imported.
@@ -203,3 +207,29 @@ def drain(app: App, timeout: float = 60.0) -> float:
         if time.monotonic() - started > timeout:
             raise AssertionError(f"{app.name}: {depth} messages still ready after {timeout}s")
         time.sleep(0.5)
+
+
+def quorum_queue_stuck(settings: Settings, queue: str) -> str | None:
+    """The broker's refusal, if it will not declare ``queue`` at all any more.
+
+    RabbitMQ 3.10.8 (CI's broker) was seen, after the request queue was deleted and
+    declared again many times a second, to refuse that name for good: "Cannot declare
+    quorum queue ... cluster_not_formed", for every client, long after the test (its
+    Ra cluster for the old queue never went away). That is the broker's fault, not a
+    recovery this service failed; any other refusal is ``None`` here.
+    """
+
+    async def declare() -> None:
+        connection = await aio_pika.connect(settings.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            await channel.declare_queue(
+                queue, durable=True, arguments=request_queue_arguments(settings)
+            )
+
+    try:
+        asyncio.run(declare())
+    except aio_pika.exceptions.AMQPError as exc:
+        if "cluster_not_formed" in str(exc):
+            return str(exc)
+    return None

@@ -161,6 +161,7 @@ async def under_load(
         answered_422=sum(1 for r in records if r.status == 422),
         sent_tasks=len(records),
         rework_bound=rework_bound,
+        twice_bound=reprocess_bound,
     )
     posted_errors = dict(hooks.errors()) if hooks is not None else {}
     stray = {status: n for status, n in posted_errors.items() if status not in set(webhook_errors)}

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from rabbit_serve.local_cluster import App, delete_queue
-from tests.faults.chaos import rabbitmqctl
+from tests.faults.chaos import quorum_queue_stuck, rabbitmqctl
 from tests.faults.load import Load, Record, percentile
 from tests.faults.scenario import Fault, under_load
 
@@ -61,17 +61,26 @@ async def test_request_queue_deleted_under_load(app: App) -> None:
     def after_delete(r: Record) -> bool:
         return r.sent >= at[0]
 
-    result = await under_load(
-        app,
-        fault,
-        label="request queue deleted",
-        allowed_if={503: after_delete, 504: queued_at_delete},
-        clients=CLIENTS,
-        fault_at=5.0,
-        # Long enough to see a recovery as slow as the bound.
-        after_s=RECOVERY_LIMIT_S,
-        late_results=True,
-    )
+    try:
+        result = await under_load(
+            app,
+            fault,
+            label="request queue deleted",
+            allowed_if={503: after_delete, 504: queued_at_delete},
+            clients=CLIENTS,
+            fault_at=5.0,
+            # Long enough to see a recovery as slow as the bound.
+            after_s=RECOVERY_LIMIT_S,
+            late_results=True,
+        )
+    except Exception:
+        stuck = await asyncio.to_thread(
+            quorum_queue_stuck, app.settings, app.settings.request_queue
+        )
+        if stuck is not None:
+            # docs/reliability.md, open issue 16: the broker's bug, shown by this probe.
+            pytest.xfail(f"the broker refuses to declare the request queue at all: {stuck}")
+        raise
     refused = [r.elapsed for r in result.records if r.status == 503]
     assert refused, "no publish found the queue missing"
     result.report()
