@@ -47,6 +47,7 @@ class BatchDriver(Generic[T]):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._items_in_flight = 0
         self._closed = False
 
     @property
@@ -56,6 +57,11 @@ class BatchDriver(Generic[T]):
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
+
+    @property
+    def items_in_flight(self) -> int:
+        """Items in the batches in flight."""
+        return self._items_in_flight
 
     @property
     def timer_at(self) -> float | None:
@@ -100,6 +106,7 @@ class BatchDriver(Generic[T]):
 
     async def _run(self, batch: list[T]) -> None:
         alone = self._batcher.in_flight <= 1 and self._batcher.waiting == 0
+        self._items_in_flight += len(batch)
         try:
             await self._handle(batch, alone)
         except Exception as exc:
@@ -110,5 +117,6 @@ class BatchDriver(Generic[T]):
                 except Exception:
                     logger.exception("settling a failed batch of %d failed too", len(batch))
         finally:
+            self._items_in_flight -= len(batch)
             # Frees the slot; an overdue batch that waited for it leaves now.
             self._apply(self._batcher.on_done(self._loop.time()))

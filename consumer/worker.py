@@ -35,6 +35,7 @@ from ray.serve.handle import DeploymentHandle
 
 from consumer import bundle
 from consumer.admission import Admission, Delivery
+from consumer.backlog import Backlog
 from consumer.batching import Batcher
 from consumer.classify import BatchProcessor, ImageOutcome
 from consumer.dead_letters import DeadLetterAnswerer
@@ -84,6 +85,10 @@ class BatchingConsumer:
         self._broker_error: str | None = None
         self._liveness = Liveness(time.monotonic(), stall=settings.stall_timeout)
         self._resubscriber: asyncio.Task[None] | None = None
+        self._backlog = Backlog(
+            settings.request_queue, settings.queue_sample_interval_s, self._held, export=True
+        )
+        self._sampler = asyncio.create_task(self._backlog.run(lambda: self._connection))
         self._runner = asyncio.create_task(self._run())
 
     # -- Serve hooks -------------------------------------------------------------------------
@@ -111,6 +116,15 @@ class BatchingConsumer:
             "publishing_blocked": broker.is_blocked(self._publishing),
         }
 
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve calls this when the deployment autoscales: the backlog signals that
+        :mod:`rabbit_serve.autoscaling` sizes the classifiers and consumers by."""
+        return self._backlog.autoscaling_stats()
+
+    def _held(self) -> int:
+        driver = self._driver
+        return driver.waiting + driver.items_in_flight if driver else 0
+
     def _progress(self) -> Progress:
         driver, processor = self._driver, self._processor
         if driver is None or processor is None:
@@ -124,6 +138,7 @@ class BatchingConsumer:
 
     async def __del__(self) -> None:
         self._runner.cancel()
+        self._sampler.cancel()
         if self._resubscriber is not None:
             self._resubscriber.cancel()
         if self._driver is not None:
@@ -140,7 +155,9 @@ class BatchingConsumer:
         self, images: list[bytes], top_ks: list[int], alone: bool
     ) -> list[ImageOutcome]:
         # Cancelling the await alone would leave the request running on its replica.
-        return await cancel_on_abandon(self._classifier.classify.remote(images, top_ks, alone))
+        outcomes = await cancel_on_abandon(self._classifier.classify.remote(images, top_ks, alone))
+        self._backlog.classified(len(images))
+        return outcomes
 
     async def _connect(self, role: str) -> broker.Connection:
         name = f"rabbit-serve consumer {serve.get_replica_context().replica_id.unique_id} {role}"

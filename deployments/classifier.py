@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 import ray
@@ -17,6 +18,7 @@ from ray import serve
 
 from deployments.memory_guard import MIB, rss_bytes, start_memory_guard
 from deployments.onnx_model import OnnxClassifier, Outcome
+from rabbit_serve.meters import BusyMeter
 from rabbit_serve.settings import Settings
 
 
@@ -42,14 +44,29 @@ class Classifier:
         # Started once the model is loaded: its idle size is the baseline a limit is set by.
         self._max_memory_mb = settings.classifier_max_memory_mb
         self._guard = start_memory_guard(self._max_memory_mb)
+        self._busy = BusyMeter()
 
     async def classify(
         self, images: list[bytes], top_ks: list[int], alone: bool = False
     ) -> list[Outcome]:
         """``alone``: the consumer has nothing else in flight or waiting (see
         :meth:`OnnxClassifier.run`)."""
-        # ONNX Runtime and PIL release the GIL: off the event loop, batches overlap.
-        return await asyncio.to_thread(self._model.classify, images, top_ks, alone)
+        self._busy.start(time.monotonic())
+        try:
+            # ONNX Runtime and PIL release the GIL: off the event loop, batches overlap.
+            return await asyncio.to_thread(self._model.classify, images, top_ks, alone)
+        finally:
+            self._busy.finish(len(images), time.monotonic())
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve calls this when the deployment autoscales: images per busy second (what
+        this replica can do, measured; left out until it has done a second of work) and
+        the share of the last 30 s it was busy."""
+        now = time.monotonic()
+        stats = {"busy_fraction": self._busy.busy_fraction(now)}
+        if (capacity := self._busy.capacity(now)) is not None:
+            stats["images_per_busy_s"] = capacity
+        return stats
 
     def info(self) -> dict[str, Any]:
         """The model, and where this replica runs (which node, which GPUs Ray gave it)."""

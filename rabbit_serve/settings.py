@@ -126,6 +126,12 @@ class Settings(SecuritySettings):
         description="Resident memory (MiB) past which a classifier replica exits so Serve "
         "replaces it (a leak, or an image that blows up in decoding); 0: no limit.",
     )
+    queue_sample_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds between a consumer's samples of the request queue's ready "
+        "count (a passive declare): the queue-depth metrics and the autoscaling signal.",
+    )
     num_consumers: int = Field(
         1,
         ge=0,
