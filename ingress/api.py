@@ -14,7 +14,7 @@ import time
 from fastapi import FastAPI, Request, Response
 from starlette.exceptions import HTTPException
 
-from ingress import idempotency, oip, openapi
+from ingress import idempotency, oip, openapi, page
 from ingress.admission import admitted
 from ingress.auth import presented_key, v1_router
 from ingress.body import read_classify_request
@@ -142,6 +142,8 @@ def create_app() -> FastAPI:
     # The Open Inference Protocol v2 (KServe v2 / Triton HTTP): the same classify path.
     app.include_router(oip.health_router)
     app.include_router(oip.router)
+    # The web page at / and its files: static, open, and not in the schema.
+    app.include_router(page.router)
     app.add_api_route(
         "/healthz",
         healthz,
