@@ -1,6 +1,7 @@
 """The web page at / in a real headless browser (Debian's chromium through chromedriver),
 on the real app: photos picked in the page come back as their classes, a text file as the
-service's 422 message, and with API keys on the page asks for one and shows the 401.
+service's 422 message; with API keys on the page asks for one and shows the 401; a broker
+that is gone shows the 503 with its Retry-After, a request nobody answers the 504.
 
 The screenshot of the results is always written to the test's tmp folder; with
 WRITE_SCREENSHOT=1 also to docs/web-page.png (the committed one).
@@ -19,6 +20,7 @@ import pytest
 
 from rabbit_serve.local_cluster import App, deploy, remove_app, wait_healthy
 from tests.images import CAT_CLASSES, ESPRESSO, IMAGES_DIR
+from tests.integration.conftest import NOBROKER_API_KEYS
 
 pytestmark = pytest.mark.integration
 
@@ -211,3 +213,22 @@ def test_with_keys_the_page_asks_for_one_and_shows_a_wrong_keys_401(browser, key
     # A reload keeps the key (same tab) and the field.
     open_page(browser, keyed_app.url + "/")
     assert browser.find_element(By.ID, "api-key").get_attribute("value") == KEY
+
+
+def test_a_missing_broker_and_no_consumer_show_503_and_504(browser, nobroker_app, orphan_app):
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, nobroker_app.url + "/")
+    key = browser.find_element(By.ID, "api-key")
+    # sessionStorage is per origin, and every app here shares the proxy's: a key from
+    # the test before may be in the field already.
+    key.clear()
+    key.send_keys(NOBROKER_API_KEYS[0])
+    (down,) = (card_result(c) for c in pick(browser, IMAGES_DIR / "coffee.jpg"))
+    assert down["state"] == "error" and down["status"].startswith("HTTP 503: "), down
+    assert down["status"].endswith("(retry after 1 s)"), down
+    open_page(browser, orphan_app.url + "/")
+    assert not browser.find_element(By.ID, "api-key").is_displayed()
+    (late,) = (card_result(c) for c in pick(browser, IMAGES_DIR / "coffee.jpg"))
+    assert late["state"] == "error" and late["status"].startswith("HTTP 504: "), late
+    assert "TIMEOUT" in late["status"]
