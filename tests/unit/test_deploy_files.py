@@ -39,8 +39,8 @@ BROKER_USERS = ROOT / "scripts" / "broker_users.sh"
 RUN_LOCAL = ROOT / "scripts" / "run_local.sh"
 RAY_SCHEMA = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
 
-# Variables for the infrastructure rather than the application's Settings.
-INFRA_PREFIXES = ("RAY_", "RABBITMQ_", "PYTHON", "PIP_")
+# Variables for the infrastructure rather than the application's Settings (GF_: Grafana's).
+INFRA_PREFIXES = ("RAY_", "RABBITMQ_", "PYTHON", "PIP_", "GF_")
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}
 INTERPOLATION = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}$")
 
@@ -433,6 +433,100 @@ def test_compose_ray_worker_can_scale(compose):
     assert "--address=ray-head:6379" in " ".join(worker["command"])
     assert worker.get("shm_size")
     assert worker["image"] == compose["services"]["ray-head"]["image"]
+
+
+# --------------------------------------------------------------------------- prometheus, grafana
+
+
+def _metrics_export_ports(compose: dict[str, Any]) -> dict[str, int]:
+    """The fixed --metrics-export-port of each Ray service's `ray start`."""
+    ports = {}
+    for name in ("ray-head", "ray-worker"):
+        command = " ".join(compose["services"][name]["command"])
+        found = re.findall(r"--metrics-export-port[= ](\d+)", command)
+        assert len(found) == 1, f"{name}: ray start needs one fixed --metrics-export-port"
+        ports[name] = int(found[0])
+    return ports
+
+
+def _mounted_file(service: dict[str, Any], path: str) -> Path | None:
+    """The repo file a container path comes from, through the service's bind mounts."""
+    for source, target, _ in _volumes(service):
+        if source.startswith("./") and (path == target or path.startswith(target + "/")):
+            return ROOT / source / path[len(target) :].lstrip("/")
+    return None
+
+
+def test_compose_prometheus_scrapes_every_ray_node(compose):
+    services = compose["services"]
+    prometheus = services["prometheus"]
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", prometheus["image"])
+    flag = next(a for a in prometheus["command"] if a.startswith("--config.file="))
+    config_file = _mounted_file(prometheus, flag.split("=", 1)[1])
+    assert config_file == ROOT / "prometheus" / "prometheus.yml" and config_file.is_file()
+    assert all(ro for s, _, ro in _volumes(prometheus) if s.startswith("./"))
+    config = _load_yaml(config_file)
+    ports = _metrics_export_ports(compose)
+    static = [
+        t
+        for job in config["scrape_configs"]
+        for c in job.get("static_configs", [])
+        for t in c["targets"]
+    ]
+    assert f"ray-head:{ports['ray-head']}" in static
+    # Workers scale: found by Docker's DNS, one A record per container, not by fixed names.
+    dns = [c for job in config["scrape_configs"] for c in job.get("dns_sd_configs", [])]
+    assert {(tuple(c["names"]), c["type"], c["port"]) for c in dns} == {
+        (("ray-worker",), "A", ports["ray-worker"])
+    }
+    assert all(p.startswith("127.0.0.1:") for p in prometheus["ports"])
+    assert "prometheus-data" in compose["volumes"]
+
+
+def test_compose_grafana_has_no_default_password_or_anonymous_access(compose):
+    grafana = compose["services"]["grafana"]
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", grafana["image"])
+    env = _environment(grafana)
+    assert (env["GF_SECURITY_ADMIN_PASSWORD"] or "").startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert not re.search(r"\$\{GRAFANA_ADMIN_PASSWORD:?-", json.dumps(compose))
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert grafana["ports"] == ["127.0.0.1:${GRAFANA_PORT:-3000}:3000"]
+    assert "grafana-data" in compose["volumes"]
+
+
+def test_compose_grafana_provisions_prometheus_and_every_dashboard(compose):
+    services = compose["services"]
+    grafana = services["grafana"]
+    for source, _, ro in _volumes(grafana):
+        if source.startswith("./"):
+            assert (ROOT / source).exists(), source
+            assert ro, f"{source} should be mounted read-only"
+    datasources_dir = _mounted_file(grafana, "/etc/grafana/provisioning/datasources")
+    providers_dir = _mounted_file(grafana, "/etc/grafana/provisioning/dashboards")
+    assert datasources_dir and providers_dir
+    (datasource,) = [
+        d for f in sorted(datasources_dir.glob("*.yaml")) for d in _load_yaml(f)["datasources"]
+    ]
+    assert datasource["type"] == "prometheus" and datasource["isDefault"]
+    container_port = services["prometheus"]["ports"][0].rsplit(":", 1)[1]
+    assert datasource["url"] == f"http://prometheus:{container_port}"
+
+    providers = [
+        p for f in sorted(providers_dir.glob("*.yaml")) for p in _load_yaml(f)["providers"]
+    ]
+    loaded = set()
+    for provider in providers:
+        folder = _mounted_file(grafana, provider["options"]["path"])
+        assert folder and folder.is_dir(), provider["options"]["path"]
+        loaded |= set(folder.rglob("*.json"))
+    shipped = set((ROOT / "grafana" / "dashboards").rglob("*.json"))
+    assert (ROOT / "grafana" / "dashboards" / "rabbit-serve.json") in shipped
+    assert shipped <= loaded, sorted(str(p) for p in shipped - loaded)
+    home = _mounted_file(
+        grafana, _environment(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    )
+    assert home in shipped
 
 
 # --------------------------------------------------------------------------- Dockerfile
