@@ -114,28 +114,27 @@ class Backlog:
             return
         self._metrics.unacked.set(self._held())
         if (sample := self.fresh_sample(time.monotonic())) is not None:
-            self._metrics.ready.set(sample.ready)
-            self._metrics.consumers.set(sample.consumers)
+            # Tags per call: Serve's metrics reserve set_default_tags for their own.
+            self._metrics.ready.set(sample.ready, tags=self._metrics.tags)
+            self._metrics.consumers.set(sample.consumers, tags=self._metrics.tags)
 
 
 class _RayMetrics:
     def __init__(self, queue: str) -> None:
         from ray.serve import metrics
 
-        tags = {"queue": queue}
+        self.tags = {"queue": queue}
         self.ready = metrics.Gauge(
             "rabbit_serve_queue_messages_ready",
             description="Ready messages in the request queue, as a consumer last sampled "
             "it (every consumer samples: take the max over replicas).",
             tag_keys=("queue",),
         )
-        self.ready.set_default_tags(tags)
         self.consumers = metrics.Gauge(
             "rabbit_serve_queue_consumers",
             description="Consumers of the request queue, from the same sample.",
             tag_keys=("queue",),
         )
-        self.consumers.set_default_tags(tags)
         self.unacked = metrics.Gauge(
             "rabbit_serve_consumer_unacked",
             description="Request deliveries this consumer replica holds unacked (forming a "
