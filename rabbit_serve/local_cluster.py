@@ -211,3 +211,25 @@ def remove_app(app: App) -> int:
         return queue_depth(app.settings, app.settings.request_queue)
     finally:
         delete_app_queues(app)
+
+
+def deploy_config(app_config: dict[str, Any], base_url: str) -> App:
+    """Deploy one application of a Serve config file (``applications[i]``, as loaded
+    from YAML) the way ``serve deploy`` does, with queue names unique to this run.
+
+    What only a config can carry needs this path: the application-level autoscaling
+    policy (``serve.run`` from Python takes no such option). Other applications on the
+    cluster, deployed from Python, are left alone; a later config deploy replaces it.
+    """
+    from ray.serve._private import api as serve_api
+    from ray.serve.schema import ServeDeploySchema
+
+    name = app_config["name"]
+    args = {
+        **queue_names(f"rabbit-serve-test-{RUN_ID}.{name}"),
+        **(app_config.get("args") or {}),
+    }
+    config = {**app_config, "args": args}
+    serve_api.serve_start().deploy_apps(ServeDeploySchema(applications=[config]))
+    route = config.get("route_prefix") or "/"
+    return App(name, base_url + (route if route != "/" else ""), Settings.from_overrides(args))
